@@ -1,0 +1,148 @@
+// Little-endian field helpers and LSB-first bit streams (docs/FORMAT.md section 5).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+namespace actzip {
+namespace detail {
+
+inline void put_u8(uint8_t* p, uint8_t v) { p[0] = v; }
+inline void put_u16(uint8_t* p, uint16_t v) {
+  p[0] = uint8_t(v);
+  p[1] = uint8_t(v >> 8);
+}
+inline void put_u32(uint8_t* p, uint32_t v) {
+  for (int i = 0; i < 4; ++i) p[i] = uint8_t(v >> (8 * i));
+}
+inline void put_u64(uint8_t* p, uint64_t v) {
+  for (int i = 0; i < 8; ++i) p[i] = uint8_t(v >> (8 * i));
+}
+inline uint16_t get_u16(const uint8_t* p) { return uint16_t(p[0] | (p[1] << 8)); }
+inline uint32_t get_u32(const uint8_t* p) {
+  return uint32_t(p[0]) | (uint32_t(p[1]) << 8) | (uint32_t(p[2]) << 16) | (uint32_t(p[3]) << 24);
+}
+inline uint64_t get_u64(const uint8_t* p) {
+  return uint64_t(get_u32(p)) | (uint64_t(get_u32(p + 4)) << 32);
+}
+inline void put_f64(uint8_t* p, double v) {
+  uint64_t u;
+  std::memcpy(&u, &v, 8);
+  put_u64(p, u);
+}
+inline double get_f64(const uint8_t* p) {
+  const uint64_t u = get_u64(p);
+  double v;
+  std::memcpy(&v, &u, 8);
+  return v;
+}
+
+// Unaligned little-endian 64-bit load for the hot paths (x86 and little-endian ARM).
+inline uint64_t load_le64(const uint8_t* p) {
+  uint64_t v;
+  std::memcpy(&v, p, 8);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+  v = __builtin_bswap64(v);
+#endif
+  return v;
+}
+inline void store_le32(uint8_t* p, uint32_t v) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+  v = __builtin_bswap32(v);
+#endif
+  std::memcpy(p, &v, 4);
+}
+
+inline constexpr uint64_t pad8(uint64_t n) { return (n + 7) & ~uint64_t(7); }
+
+// Writes bits LSB first into [begin, end). Never writes past end: an attempt marks the
+// writer as overflowed (the encoder sizes sections exactly, so that is an internal error).
+class BitWriter {
+ public:
+  BitWriter(uint8_t* begin, uint8_t* end) : p_(begin), end_(end) {}
+
+  // Appends the low `nbits` bits of `value` (nbits <= 32).
+  void put(uint32_t value, int nbits) {
+    acc_ |= uint64_t(value) << fill_;
+    fill_ += nbits;
+    if (fill_ >= 32) {
+      if (end_ - p_ >= 4) {
+        store_le32(p_, uint32_t(acc_));
+        p_ += 4;
+      } else {
+        overflow_ = true;
+      }
+      acc_ >>= 32;
+      fill_ -= 32;
+    }
+  }
+
+  // Flushes the remaining bits and zero-fills up to end. Returns false on overflow.
+  bool finish() {
+    while (fill_ > 0) {
+      if (p_ == end_) return false;
+      *p_++ = uint8_t(acc_);
+      acc_ >>= 8;
+      fill_ = fill_ > 8 ? fill_ - 8 : 0;
+    }
+    while (p_ < end_) *p_++ = 0;
+    return !overflow_;
+  }
+
+ private:
+  uint8_t* p_;
+  uint8_t* end_;
+  uint64_t acc_ = 0;
+  int fill_ = 0;
+  bool overflow_ = false;
+};
+
+// Reads bits LSB first from [begin, end). Past the end it supplies zero bits and counts
+// them, so a hostile stream can never make it read outside the section; overran() tells.
+class BitReader {
+ public:
+  BitReader(const uint8_t* begin, const uint8_t* end) : p_(begin), end_(end) {}
+
+  // Ensures at least 56 bits are buffered.
+  void refill() {
+    if (end_ - p_ >= 8) {
+      buf_ |= load_le64(p_) << fill_;
+      p_ += (63 - fill_) >> 3;
+      fill_ |= 56;
+      return;
+    }
+    while (fill_ <= 56) {
+      uint64_t byte = 0;
+      if (p_ < end_) {
+        byte = *p_++;
+      } else {
+        ++virtual_bytes_;
+      }
+      buf_ |= byte << fill_;
+      fill_ += 8;
+    }
+  }
+  uint64_t peek() const { return buf_; }
+  int available() const { return fill_; }
+  void consume(int nbits) {
+    buf_ >>= nbits;
+    fill_ -= nbits;
+  }
+  uint32_t take(int nbits) {  // nbits <= 32, requires available() >= nbits
+    const uint32_t v = nbits == 0 ? 0u : uint32_t(buf_ & ((uint64_t(1) << nbits) - 1));
+    consume(nbits);
+    return v;
+  }
+  // True when the bits consumed so far run past the end of the section.
+  bool overran() const { return uint64_t(virtual_bytes_) * 8 > uint64_t(fill_); }
+
+ private:
+  const uint8_t* p_;
+  const uint8_t* end_;
+  uint64_t buf_ = 0;
+  int fill_ = 0;
+  uint64_t virtual_bytes_ = 0;
+};
+
+}  // namespace detail
+}  // namespace actzip

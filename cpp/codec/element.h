@@ -1,0 +1,216 @@
+// Per-element logic of the codec: dtype conversions, quantization, reconstruction and the
+// mapping of codes to symbols (docs/FORMAT.md sections 3 and 4).
+//
+// Written once for every backend: functions are ACTZIP_HD so that the CUDA kernels use the
+// very code the CPU tests exercise. Everything here is pure and branch-light.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__CUDACC__)
+#define ACTZIP_HD __host__ __device__ __forceinline__
+#else
+#define ACTZIP_HD inline
+#endif
+
+namespace actzip {
+namespace detail {
+
+inline constexpr int32_t kMaxQ = (int32_t(1) << 23) - 2;     // largest |q| that is coded
+inline constexpr int32_t kMaxCode = (int32_t(1) << 23) - 1;  // largest |c| a decoder accepts
+inline constexpr int kMaxDirectLog2 = 10;
+inline constexpr int kMaxExtraBits = 24;
+inline constexpr int kMinStepExp = -149;
+inline constexpr int kMaxStepExp = 127;
+
+// Number of code symbols for direct_log2 = k: 2^k direct ones, then classes b = k..24.
+ACTZIP_HD constexpr uint32_t code_alphabet(int k) { return (uint32_t(1) << k) + 25u - uint32_t(k); }
+inline constexpr uint32_t kFineAlphabet = (1u << kMaxDirectLog2) + 25u - kMaxDirectLog2;  // 1039
+
+ACTZIP_HD uint32_t f32_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+ACTZIP_HD float bits_f32(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+ACTZIP_HD float f16_to_f32(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000u) << 16;
+  const uint32_t exp = (h >> 10) & 0x1Fu;
+  const uint32_t man = h & 0x3FFu;
+  if (exp == 0x1F) return bits_f32(sign | 0x7F800000u | (man << 13));  // Inf / NaN
+  if (exp != 0) return bits_f32(sign | ((exp + 112u) << 23) | (man << 13));
+  // zero or subnormal: man * 2^-24, exact in binary32
+  const float mag = float(man) * 5.9604644775390625e-08f;
+  return sign ? -mag : mag;
+}
+
+// binary32 -> binary16, round to nearest even. NaN stays NaN (quieted).
+ACTZIP_HD uint16_t f32_to_f16(float f) {
+  uint32_t x = f32_bits(f);
+  const uint16_t sign = uint16_t((x >> 16) & 0x8000u);
+  x &= 0x7FFFFFFFu;
+  if (x >= 0x7F800000u) return uint16_t(sign | (x > 0x7F800000u ? 0x7E00u : 0x7C00u));
+  if (x >= 0x477FF000u) return uint16_t(sign | 0x7C00u);  // >= 65520 rounds to Inf
+  if (x < 0x38800000u) {                                  // below 2^-14: subnormal half
+    if (x <= 0x33000000u) return sign;                    // <= 2^-25 rounds to 0
+    const uint32_t e = x >> 23;
+    const uint32_t m = (x & 0x7FFFFFu) | 0x800000u;
+    const uint32_t s = 126u - e;  // 14..24
+    uint32_t h = m >> s;
+    const uint32_t rem = m & ((1u << s) - 1u);
+    const uint32_t half = 1u << (s - 1u);
+    if (rem > half || (rem == half && (h & 1u))) ++h;
+    return uint16_t(sign | h);
+  }
+  const uint32_t r = (x + 0xC8000FFFu + ((x >> 13) & 1u)) >> 13;  // rebias 127->15 and round
+  return uint16_t(sign | r);
+}
+
+ACTZIP_HD float bf16_to_f32(uint16_t b) { return bits_f32(uint32_t(b) << 16); }
+
+// binary32 -> bfloat16, round to nearest even. NaN stays NaN (quieted).
+ACTZIP_HD uint16_t f32_to_bf16(float f) {
+  const uint32_t x = f32_bits(f);
+  if ((x & 0x7FFFFFFFu) > 0x7F800000u) return uint16_t((x >> 16) | 0x40u);
+  return uint16_t((x + 0x7FFFu + ((x >> 16) & 1u)) >> 16);
+}
+
+// Rounds a binary32 value to the storage dtype and back (identity for float32).
+template <int kDType>
+ACTZIP_HD float round_to_dtype(float r) {
+  if constexpr (kDType == 2) return f16_to_f32(f32_to_f16(r));
+  else if constexpr (kDType == 3) return bf16_to_f32(f32_to_bf16(r));
+  else return r;
+}
+
+template <int kDType>
+ACTZIP_HD float load_elem(const void* base, uint64_t i) {
+  if constexpr (kDType == 1) {
+    float f;
+    std::memcpy(&f, static_cast<const uint8_t*>(base) + 4 * i, 4);
+    return f;
+  } else {
+    uint16_t h;
+    std::memcpy(&h, static_cast<const uint8_t*>(base) + 2 * i, 2);
+    if constexpr (kDType == 2) return f16_to_f32(h);
+    else return bf16_to_f32(h);
+  }
+}
+
+// Stores a binary32 value in the dtype's representation (with RNE for the 16-bit types).
+template <int kDType>
+ACTZIP_HD void store_elem(void* base, uint64_t i, float v) {
+  if constexpr (kDType == 1) {
+    std::memcpy(static_cast<uint8_t*>(base) + 4 * i, &v, 4);
+  } else {
+    const uint16_t h = (kDType == 2) ? f32_to_f16(v) : f32_to_bf16(v);
+    std::memcpy(static_cast<uint8_t*>(base) + 2 * i, &h, 2);
+  }
+}
+
+// The quantizer's constants for one stream.
+struct Quantizer {
+  double error_bound;  // absolute
+  double inv_step;     // 2^-step_exp, exact in binary64
+  float step;          // 2^step_exp, exact in binary32 (subnormal below 2^-126)
+  float quarter_step;  // reconstruction of |q| = 0; may be 0 for tiny steps (then never coded)
+};
+
+ACTZIP_HD float ldexp_f32_exact(int e) {
+  // 2^e for e in [-149, 127], built from bits so host and device agree exactly.
+  if (e >= -126) return bits_f32(uint32_t(e + 127) << 23);
+  return bits_f32(1u << (e + 149));
+}
+
+ACTZIP_HD Quantizer make_quantizer(double error_bound, int step_exp) {
+  Quantizer qz;
+  qz.error_bound = error_bound;
+  qz.inv_step = std::ldexp(1.0, -step_exp);
+  qz.step = ldexp_f32_exact(step_exp);
+  qz.quarter_step = step_exp - 2 >= -149 ? ldexp_f32_exact(step_exp - 2) : 0.0f;
+  return qz;
+}
+
+// Reconstruction of signed code c != 0, in binary32 (docs/FORMAT.md section 3).
+ACTZIP_HD float reconstruct(int32_t c, const Quantizer& qz) {
+  const uint32_t m = uint32_t(c < 0 ? -c : c) - 1u;
+  const float mag = m == 0 ? qz.quarter_step : float(m) * qz.step;
+  return c < 0 ? -mag : mag;
+}
+
+enum ElemClass : int { kZero = 0, kCoded = 1, kOutlier = 2 };
+
+// Classifies x and, for a coded element, gives its signed code. The check is exactly what
+// a decoder will produce, so the bound, the zero rule and the sign rule hold by construction.
+template <int kDType>
+ACTZIP_HD int classify(float x, const Quantizer& qz, int32_t* code) {
+  const uint32_t xb = f32_bits(x);
+  if (xb == 0) return kZero;
+  if ((xb & 0x7F800000u) == 0x7F800000u || xb == 0x80000000u) return kOutlier;
+  const double y = double(x) * qz.inv_step;
+  if (!(std::fabs(y) <= double(kMaxQ))) return kOutlier;
+  // Round to nearest (ties to even) without a libm call: valid for |y| < 2^51.
+  const double qd = (y + 6755399441055744.0) - 6755399441055744.0;
+  const int32_t q = int32_t(qd);
+  const int32_t c = x > 0 ? q + 1 : q - 1;
+  const float xh = round_to_dtype<kDType>(reconstruct(c, qz));
+  const double err = std::fabs(double(x) - double(xh));
+  const bool same_sign = (f32_bits(xh) ^ xb) < 0x80000000u;
+  if (!(err <= qz.error_bound) || xh == 0.0f || !same_sign) return kOutlier;
+  *code = c;
+  return kCoded;
+}
+
+// Value coded without prediction: 2(|c| - 1) + sign.
+ACTZIP_HD uint32_t code_to_u(int32_t c) {
+  return c > 0 ? 2u * uint32_t(c - 1) : 2u * uint32_t(-c - 1) + 1u;
+}
+ACTZIP_HD int32_t u_to_code(uint32_t u) {
+  const int32_t m = int32_t(u >> 1) + 1;
+  return (u & 1u) ? -m : m;
+}
+ACTZIP_HD uint32_t zigzag(int32_t d) { return d >= 0 ? 2u * uint32_t(d) : 2u * uint32_t(-d) - 1u; }
+ACTZIP_HD int32_t unzigzag(uint32_t u) { return (u & 1u) ? -int32_t(u >> 1) - 1 : int32_t(u >> 1); }
+
+ACTZIP_HD int floor_log2(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return 31 - __clz(u);
+#else
+  return 31 - __builtin_clz(u);
+#endif
+}
+
+// Symbol of value u for D = 2^k, and how many extra bits follow it (section 4).
+ACTZIP_HD uint32_t u_to_symbol(uint32_t u, int k, int* extra_bits) {
+  if (u < (1u << k)) {
+    *extra_bits = 0;
+    return u;
+  }
+  const int b = floor_log2(u);
+  *extra_bits = b;
+  return (1u << k) + uint32_t(b - k);
+}
+
+// The fine histogram bin of u: the symbol for k = kMaxDirectLog2. Any coarser k's symbol
+// and extra-bit count are a function of this bin (see fine_bin_to_symbol).
+ACTZIP_HD uint32_t fine_bin(uint32_t u) {
+  if (u < (1u << kMaxDirectLog2)) return u;
+  return (1u << kMaxDirectLog2) + uint32_t(floor_log2(u) - kMaxDirectLog2);
+}
+
+ACTZIP_HD uint32_t fine_bin_to_symbol(uint32_t bin, int k, int* extra_bits) {
+  if (bin < (1u << kMaxDirectLog2)) return u_to_symbol(bin, k, extra_bits);
+  const int b = int(bin - (1u << kMaxDirectLog2)) + kMaxDirectLog2;
+  *extra_bits = b;
+  return (1u << k) + uint32_t(b - k);
+}
+
+}  // namespace detail
+}  // namespace actzip

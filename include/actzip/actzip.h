@@ -1,0 +1,131 @@
+// actzip: error-bounded lossy compression of activation tensors.
+//
+// Public C++ API of the codec core. The core sees a tensor as a pointer, a dtype and a
+// shape; every output buffer is owned by the caller. It never prints, never sets global
+// threading state and never synchronizes a device. The stream it writes is specified
+// byte by byte in docs/FORMAT.md.
+//
+// Compression is two-phase, so that the caller (for example torch's allocator) owns the
+// output: plan_compress() quantizes, gathers statistics and sizes every chunk; the caller
+// allocates CompressPlan::compressed_bytes() bytes; encode() writes them.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace actzip {
+
+// Element types, numbered as in the stream's `dtype` field.
+enum class DType : uint8_t { kFloat32 = 1, kFloat16 = 2, kBFloat16 = 3 };
+
+// How the caller's error bound is to be read, numbered as in the stream's `bound_mode`.
+enum class BoundMode : uint8_t {
+  kAbs = 0,  // the bound is absolute
+  kRel = 1,  // the bound is a fraction of (max - min) over the finite elements
+};
+
+// Outcome of every entry point. `message` says what went wrong, for a person.
+enum class StatusCode : int {
+  kOk = 0,
+  kInvalidArgument = 1,  // the caller passed something the API does not accept
+  kFormatError = 2,      // the stream breaks a rule of docs/FORMAT.md
+  kBufferTooSmall = 3,   // an output buffer is smaller than required
+  kInternal = 4,         // a bug in actzip: please report it
+};
+
+struct Status {
+  StatusCode code = StatusCode::kOk;
+  std::string message;
+  bool ok() const { return code == StatusCode::kOk; }
+  static Status Ok() { return {}; }
+};
+
+inline constexpr uint16_t kFormatVersion = 1;
+inline constexpr uint32_t kChunkElems = 16384;  // fixed by format version 1
+inline constexpr int kMaxDims = 8;
+inline constexpr uint64_t kMaxElements = uint64_t(1) << 48;
+
+// Size in bytes of one element of `dtype` (0 for a value outside the enum).
+size_t element_size(DType dtype);
+
+// The largest stream that compressing `numel` elements of `dtype` in `ndim` dimensions can
+// produce (every chunk stored raw, the largest header, a payload checksum).
+uint64_t compress_bound(uint64_t numel, DType dtype, int ndim);
+
+struct CompressOptions {
+  double error_bound = 0;         // > 0 and finite; read as `mode` says
+  BoundMode mode = BoundMode::kAbs;
+  bool payload_checksum = false;  // append a CRC-32 of the payload
+  int num_threads = 1;            // >= 1; chunks are spread over this many OpenMP threads
+};
+
+// What a stream's header says, after validation.
+struct StreamInfo {
+  DType dtype = DType::kFloat32;
+  std::vector<uint64_t> shape;
+  uint64_t numel = 0;
+  BoundMode mode = BoundMode::kAbs;
+  double requested_bound = 0;  // as the caller gave it
+  double error_bound = 0;      // absolute bound every finite element honours
+  int step_exp = 0;            // quantization step = 2^step_exp
+  bool payload_checksum = false;
+  uint32_t num_chunks = 0;
+  uint64_t header_bytes = 0;
+  uint64_t stream_bytes = 0;   // exact length of the stream
+};
+
+// Per-stream statistics the encoder gathered, for telemetry and tests.
+struct CompressStats {
+  uint64_t zeros = 0;         // elements that are +0.0
+  uint64_t coded = 0;         // elements quantized and entropy-coded
+  uint64_t outliers = 0;      // elements stored exactly (NaN, Inf, -0.0, out of range)
+  uint32_t raw_chunks = 0;    // chunks stored verbatim because coding did not shrink them
+  uint32_t zero_chunks = 0;   // chunks of +0.0 only
+  uint32_t lorenzo_chunks = 0;
+};
+
+class CompressPlan {
+ public:
+  ~CompressPlan();
+  CompressPlan(const CompressPlan&) = delete;
+  CompressPlan& operator=(const CompressPlan&) = delete;
+
+  uint64_t compressed_bytes() const;  // exact size encode() will write
+  double error_bound() const;         // absolute bound used
+  const CompressStats& stats() const;
+
+  struct Impl;
+  explicit CompressPlan(std::unique_ptr<Impl> impl);
+  Impl& impl() const { return *impl_; }
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// Phase 1. Reads `data` (C-contiguous, `numel` = product of `shape` elements of `dtype`).
+// The plan keeps the pointer: `data` must stay valid and unchanged until encode() returns.
+Status plan_compress(const void* data, DType dtype, const std::vector<uint64_t>& shape,
+                     const CompressOptions& options, std::unique_ptr<CompressPlan>* plan);
+
+// Phase 2. Writes exactly plan.compressed_bytes() bytes to `out`.
+Status encode(const CompressPlan& plan, void* out, uint64_t out_bytes, int num_threads);
+
+// Validates the header, codebooks, chunk table and header checksum (cheap, O(chunks)).
+Status read_info(const void* stream, uint64_t stream_bytes, StreamInfo* info);
+
+// read_info() plus every chunk header and the payload checksum (no decoding).
+Status validate(const void* stream, uint64_t stream_bytes, StreamInfo* info);
+
+// Decodes into `out` (numel elements of the stream's dtype, C order). Every byte of the
+// stream is treated as hostile: a malformed stream yields kFormatError, never a crash.
+Status decompress(const void* stream, uint64_t stream_bytes, void* out, uint64_t out_bytes,
+                  int num_threads);
+
+// True when this build parallelizes with OpenMP; the number of processors it sees.
+bool have_openmp();
+int max_threads();
+
+}  // namespace actzip

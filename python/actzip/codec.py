@@ -1,0 +1,270 @@
+"""Compress and decompress one tensor within a strict error bound.
+
+The heavy lifting is in the C++ core (``actzip._core``); this module converts torch tensors
+and numpy arrays to byte views, lets torch allocate every buffer, and checks arguments.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+from . import _core
+
+__all__ = [
+    "CompressedTensor",
+    "FormatError",
+    "backends",
+    "compress",
+    "compress_bound",
+    "decompress",
+    "get_num_threads",
+    "set_num_threads",
+]
+
+#: Raised for a stream that breaks a rule of docs/FORMAT.md. A subclass of ValueError.
+FormatError = _core.FormatError
+
+_DTYPE_CODES = {torch.float32: 1, torch.float16: 2, torch.bfloat16: 3}
+_CODE_DTYPES = {v: k for k, v in _DTYPE_CODES.items()}
+_BITS_VIEW = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
+_NUMPY_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float16): torch.float16}
+_MODES = ("abs", "rel")
+
+_num_threads = max(1, int(_core.max_threads()))
+
+
+def set_num_threads(n: int) -> None:
+    """Sets how many threads compress and decompress use (default: every processor)."""
+    global _num_threads
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"set_num_threads: n must be an int, not {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"set_num_threads: n must be at least 1, got {n}")
+    _num_threads = int(n)
+
+
+def get_num_threads() -> int:
+    """How many threads compress and decompress use."""
+    return _num_threads
+
+
+def backends() -> list:
+    """The backends compiled into this build and usable on this machine."""
+    return ["cpu"]
+
+
+def compress_bound(numel: int, dtype: torch.dtype, ndim: int = 1) -> int:
+    """The largest stream that compressing ``numel`` elements of ``dtype`` can produce."""
+    if dtype not in _DTYPE_CODES:
+        raise TypeError(f"compress_bound: dtype must be float32, float16 or bfloat16, not {dtype}")
+    return int(_core.compress_bound(int(numel), _DTYPE_CODES[dtype], int(ndim)))
+
+
+def _byte_view(t: torch.Tensor) -> np.ndarray:
+    """A numpy view of a contiguous CPU tensor's bytes (numpy has no bfloat16)."""
+    return t.view(_BITS_VIEW[t.dtype]).numpy()
+
+
+class CompressedTensor:
+    """One tensor's compressed stream and what it says about the tensor.
+
+    The stream lives in a 1-D ``torch.uint8`` CPU tensor (:attr:`data`), so torch's
+    allocator accounts for it. ``nbytes`` counts every byte of it.
+    """
+
+    __slots__ = ("_data", "_info", "_device", "_numpy", "_stats")
+
+    def __init__(self, data: torch.Tensor, info: dict, device: torch.device, numpy_out: bool, stats=None):
+        self._data = data
+        self._info = info
+        self._device = torch.device(device)
+        self._numpy = numpy_out
+        self._stats = stats
+
+    @property
+    def data(self) -> torch.Tensor:
+        """The stream, as a 1-D uint8 tensor (docs/FORMAT.md)."""
+        return self._data
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: the whole stream, header included."""
+        return int(self._data.numel())
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size(self._info["shape"])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return _CODE_DTYPES[self._info["dtype"]]
+
+    @property
+    def numel(self) -> int:
+        return int(self._info["numel"])
+
+    @property
+    def raw_nbytes(self) -> int:
+        """Bytes of the uncompressed tensor."""
+        return self.numel * self.dtype.itemsize
+
+    @property
+    def ratio(self) -> float:
+        """raw_nbytes / nbytes."""
+        return self.raw_nbytes / self.nbytes
+
+    @property
+    def error_bound(self) -> float:
+        """The absolute bound every decoded finite element honours."""
+        return float(self._info["error_bound"])
+
+    @property
+    def requested_bound(self) -> float:
+        """The bound as passed to :func:`compress` (a fraction of the range for ``rel``)."""
+        return float(self._info["requested_bound"])
+
+    @property
+    def mode(self) -> str:
+        return self._info["mode"]
+
+    @property
+    def device(self) -> torch.device:
+        """Where :func:`decompress` puts the tensor by default."""
+        return self._device
+
+    @property
+    def stats(self) -> Optional[dict]:
+        """Encoder statistics (zeros, coded, outliers, chunk kinds); None after from_bytes."""
+        return None if self._stats is None else dict(self._stats)
+
+    def to_bytes(self) -> bytes:
+        return self._data.numpy().tobytes()
+
+    @classmethod
+    def from_bytes(cls, b) -> "CompressedTensor":
+        """Parses and validates a stream (header, chunk table, every chunk header, checksums).
+
+        Raises FormatError for anything that is not a valid actzip stream.
+        """
+        if not isinstance(b, (bytes, bytearray, memoryview)):
+            raise TypeError(f"from_bytes: expected bytes, bytearray or memoryview, not {type(b).__name__}")
+        arr = np.frombuffer(bytes(b), dtype=np.uint8)
+        info = _core.validate(arr)
+        data = torch.from_numpy(arr.copy())
+        return cls(data, info, torch.device("cpu"), False)
+
+    def __repr__(self) -> str:
+        return (
+            f"CompressedTensor(shape={tuple(self.shape)}, dtype={self.dtype}, nbytes={self.nbytes}, "
+            f"ratio={self.ratio:.2f}, error_bound={self.error_bound:.3g})"
+        )
+
+    def __getstate__(self):
+        return {"stream": self.to_bytes(), "device": str(self._device), "numpy": self._numpy}
+
+    def __setstate__(self, state):
+        other = CompressedTensor.from_bytes(state["stream"])
+        self._data, self._info, self._stats = other._data, other._info, None
+        self._device = torch.device(state["device"])
+        self._numpy = state["numpy"]
+
+
+def _check_bound(error_bound) -> float:
+    if isinstance(error_bound, bool) or not isinstance(error_bound, numbers.Real):
+        raise TypeError(f"error_bound must be a real number, not {type(error_bound).__name__}")
+    value = float(error_bound)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"error_bound must be positive and finite, got {error_bound!r}")
+    return value
+
+
+def compress(x, error_bound: float, *, mode: str = "abs", checksum: bool = False) -> CompressedTensor:
+    """Compresses a float32, float16 or bfloat16 tensor (or a float32/float16 numpy array).
+
+    Every finite element comes back within ``error_bound`` (``mode="abs"``) or within
+    ``error_bound * (max - min)`` of the finite elements (``mode="rel"``); zeros come back
+    as zeros, non-zero values keep their sign, and NaN, +Inf, -Inf and -0.0 come back exactly.
+    A non-contiguous tensor is copied once. ``checksum=True`` adds a CRC-32 of the payload.
+    """
+    bound = _check_bound(error_bound)
+    if mode not in _MODES:
+        raise ValueError(f"mode must be 'abs' or 'rel', got {mode!r}")
+    if not isinstance(checksum, bool):
+        raise TypeError(f"checksum must be a bool, not {type(checksum).__name__}")
+    numpy_in = isinstance(x, np.ndarray)
+    if numpy_in:
+        if x.dtype not in _NUMPY_DTYPES:
+            raise TypeError(f"x: numpy arrays of dtype float32 or float16 are supported, not {x.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(x))
+        device = torch.device("cpu")
+    elif isinstance(x, torch.Tensor):
+        if x.dtype not in _DTYPE_CODES:
+            raise TypeError(f"x: dtype must be float32, float16 or bfloat16, not {x.dtype}")
+        device = x.device
+        t = x.detach()
+        if t.device.type != "cpu":
+            t = t.to("cpu")
+        t = t.contiguous()
+    else:
+        raise TypeError(f"x must be a torch.Tensor or numpy.ndarray, not {type(x).__name__}")
+    if t.dim() > 8:
+        raise ValueError(f"x: tensors of at most 8 dimensions are supported, got {t.dim()}")
+    threads = _num_threads
+    plan = _core.plan_compress(
+        _byte_view(t), _DTYPE_CODES[t.dtype], list(t.shape), bound, mode, checksum, threads
+    )
+    out = torch.empty(plan.compressed_bytes, dtype=torch.uint8)
+    plan.encode(out.numpy(), threads)
+    info = {
+        "dtype": _DTYPE_CODES[t.dtype],
+        "shape": tuple(t.shape),
+        "numel": t.numel(),
+        "mode": mode,
+        "requested_bound": bound,
+        "error_bound": plan.error_bound,
+    }
+    return CompressedTensor(out, info, device, numpy_in, plan.stats)
+
+
+def decompress(
+    c: CompressedTensor,
+    *,
+    device: Union[str, torch.device, None] = None,
+    out: Optional[torch.Tensor] = None,
+) -> Union[torch.Tensor, np.ndarray]:
+    """Decodes ``c`` to a tensor of its original shape and dtype.
+
+    The tensor goes to ``device`` if given, else where the input lived. A stream made from
+    a numpy array decodes to a numpy array unless ``device`` or ``out`` is given. With
+    ``out``, decodes into that tensor (same shape and dtype) and returns it.
+    Raises FormatError if the stream is corrupt.
+    """
+    if not isinstance(c, CompressedTensor):
+        raise TypeError(f"c must be a CompressedTensor, not {type(c).__name__}")
+    stream = c.data.numpy()
+    if out is not None:
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"out must be a torch.Tensor, not {type(out).__name__}")
+        if out.dtype != c.dtype or out.shape != c.shape:
+            raise ValueError(
+                f"out must have shape {tuple(c.shape)} and dtype {c.dtype}, "
+                f"got {tuple(out.shape)} and {out.dtype}"
+            )
+        if out.device.type == "cpu" and out.is_contiguous():
+            _core.decompress(stream, _byte_view(out), _num_threads)
+        else:
+            out.copy_(decompress(c, device="cpu"))
+        return out
+    result = torch.empty(c.shape, dtype=c.dtype)
+    _core.decompress(stream, _byte_view(result), _num_threads)
+    if device is None:
+        if c._numpy:
+            return result.numpy()
+        device = c.device
+    device = torch.device(device)
+    return result if device.type == "cpu" else result.to(device)
