@@ -59,7 +59,7 @@ inline constexpr uint64_t pad8(uint64_t n) { return (n + 7) & ~uint64_t(7); }
 // writer as overflowed (the encoder sizes sections exactly, so that is an internal error).
 class BitWriter {
  public:
-  BitWriter(uint8_t* begin, uint8_t* end) : p_(begin), end_(end) {}
+  BitWriter(uint8_t* begin, uint8_t* end) : begin_(begin), p_(begin), end_(end) {}
 
   // Appends the low `nbits` bits of `value` (nbits <= 32).
   void put(uint32_t value, int nbits) {
@@ -77,25 +77,57 @@ class BitWriter {
     }
   }
 
-  // Flushes the remaining bits and zero-fills up to end. Returns false on overflow.
-  bool finish() {
+  // Flushes the remaining bits (the last byte zero-padded). Returns the bytes written, or
+  // -1 if the stream did not fit.
+  int64_t flush() {
     while (fill_ > 0) {
-      if (p_ == end_) return false;
+      if (p_ == end_) return -1;
       *p_++ = uint8_t(acc_);
       acc_ >>= 8;
       fill_ = fill_ > 8 ? fill_ - 8 : 0;
     }
-    while (p_ < end_) *p_++ = 0;
-    return !overflow_;
+    return overflow_ ? -1 : int64_t(p_ - begin_);
   }
 
  private:
+  uint8_t* begin_;
   uint8_t* p_;
   uint8_t* end_;
   uint64_t acc_ = 0;
   int fill_ = 0;
   bool overflow_ = false;
 };
+
+// Branch-free bit writer for the hot loops: every put() stores 8 bytes, so the buffer must
+// have 8 bytes of slack past the longest stream written into it (callers size it so).
+class FastBitWriter {
+ public:
+  explicit FastBitWriter(uint8_t* begin) : begin_(begin), p_(begin) {}
+  // Appends the low `nbits` bits of `value` (nbits <= 56).
+  void put(uint64_t value, int nbits) {
+    acc_ |= value << fill_;
+    fill_ += nbits;
+    std::memcpy(p_, &acc_, 8);  // little-endian hosts (checked at compile time below)
+    const int bytes = fill_ >> 3;
+    p_ += bytes;
+    acc_ = bytes == 8 ? 0 : acc_ >> (8 * bytes);
+    fill_ &= 7;
+  }
+  // Writes the last partial byte; returns the bytes written.
+  uint64_t flush() {
+    std::memcpy(p_, &acc_, 8);
+    return uint64_t(p_ - begin_) + (fill_ > 0 ? 1 : 0);
+  }
+
+ private:
+  uint8_t* begin_;
+  uint8_t* p_;
+  uint64_t acc_ = 0;
+  int fill_ = 0;
+};
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+#error "FastBitWriter assumes a little-endian host"
+#endif
 
 // Reads bits LSB first from [begin, end). Past the end it supplies zero bits and counts
 // them, so a hostile stream can never make it read outside the section; overran() tells.

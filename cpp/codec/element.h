@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cmath>
+#include <climits>
 #include <cstdint>
 #include <cstring>
 
@@ -147,23 +148,35 @@ ACTZIP_HD float reconstruct(int32_t c, const Quantizer& qz) {
 
 enum ElemClass : int { kZero = 0, kCoded = 1, kOutlier = 2 };
 
-// Classifies x and, for a coded element, gives its signed code. The check is exactly what
-// a decoder will produce, so the bound, the zero rule and the sign rule hold by construction.
+inline constexpr int32_t kOutlierCode = INT32_MIN;
+
+// Classifies one element: its signed code if it is coded, 0 for +0.0, kOutlierCode for an
+// outlier. It checks exactly what a decoder will produce (|x| is rounded to the nearest
+// multiple of the step; rounding is symmetric, so the sign is applied afterwards), so the
+// bound, the zero rule and the sign rule hold by construction. Branch-free: loops over it
+// vectorize (built with -fno-trapping-math).
+template <int kDType>
+ACTZIP_HD int32_t classify_code(float x, const Quantizer& qz) {
+  const uint32_t xb = f32_bits(x);
+  const float ax = bits_f32(xb & 0x7FFFFFFFu);
+  const double y = double(ax) * qz.inv_step;  // exact: a power-of-two scaling; NaN stays NaN
+  const bool in_range = y <= double(kMaxQ);    // false for NaN and Inf
+  const double ys = y < double(kMaxQ) ? y : double(kMaxQ);
+  // Round to nearest (ties to even) without a libm call: valid for 0 <= ys < 2^51.
+  const int32_t m = int32_t((ys + 6755399441055744.0) - 6755399441055744.0);
+  const float mag = round_to_dtype<kDType>(m == 0 ? qz.quarter_step : float(m) * qz.step);
+  const double err = std::fabs(double(ax) - double(mag));
+  const bool coded = in_range & (err <= qz.error_bound) & (mag != 0.0f) & (xb != 0x80000000u);
+  const int32_t c = (m + 1) * (1 - 2 * int32_t(xb >> 31));
+  return xb == 0 ? 0 : (coded ? c : kOutlierCode);
+}
+
+// classify_code() split into the element's class and, for a coded element, its code.
 template <int kDType>
 ACTZIP_HD int classify(float x, const Quantizer& qz, int32_t* code) {
-  const uint32_t xb = f32_bits(x);
-  if (xb == 0) return kZero;
-  if ((xb & 0x7F800000u) == 0x7F800000u || xb == 0x80000000u) return kOutlier;
-  const double y = double(x) * qz.inv_step;
-  if (!(std::fabs(y) <= double(kMaxQ))) return kOutlier;
-  // Round to nearest (ties to even) without a libm call: valid for |y| < 2^51.
-  const double qd = (y + 6755399441055744.0) - 6755399441055744.0;
-  const int32_t q = int32_t(qd);
-  const int32_t c = x > 0 ? q + 1 : q - 1;
-  const float xh = round_to_dtype<kDType>(reconstruct(c, qz));
-  const double err = std::fabs(double(x) - double(xh));
-  const bool same_sign = (f32_bits(xh) ^ xb) < 0x80000000u;
-  if (!(err <= qz.error_bound) || xh == 0.0f || !same_sign) return kOutlier;
+  const int32_t c = classify_code<kDType>(x, qz);
+  if (c == 0) return kZero;
+  if (c == kOutlierCode) return kOutlier;
   *code = c;
   return kCoded;
 }

@@ -24,8 +24,9 @@ Status format_error(const char* fmt, ...) {
 
 int step_exp_for(double error_bound) {
   int e = 0;
-  std::frexp(2.0 * error_bound, &e);  // 2 * error_bound = m * 2^e with m in [0.5, 1)
-  e -= 1;
+  // error_bound = m * 2^e with m in [0.5, 1), so floor(log2(2 * error_bound)) = e; taking
+  // frexp of the bound itself avoids the overflow of 2 * error_bound near DBL_MAX.
+  std::frexp(error_bound, &e);
   if (e < kMinStepExp) e = kMinStepExp;
   if (e > kMaxStepExp) e = kMaxStepExp;
   return e;

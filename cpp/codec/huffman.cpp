@@ -23,49 +23,49 @@ std::vector<uint8_t> huffman_lengths(const uint64_t* freq, uint32_t alphabet) {
     lengths[used[0]] = 1;
     return lengths;
   }
-  // Leaves in ascending (frequency, symbol) order; two-queue Huffman gives tree depths.
+  // Package-merge (Larmore & Hirschberg): optimal lengths under the kMaxCodeLen limit.
+  // Leaves in ascending (frequency, symbol) order, so the result is deterministic.
   std::sort(used.begin(), used.end(), [&](uint32_t a, uint32_t b) {
     return freq[a] != freq[b] ? freq[a] < freq[b] : a < b;
   });
-  const size_t n = used.size();
-  std::vector<uint64_t> weight(2 * n - 1);
-  std::vector<size_t> parent(2 * n - 1, 0);
-  for (size_t i = 0; i < n; ++i) weight[i] = freq[used[i]];
-  size_t leaf = 0, inner = n, next = n;
-  auto pop_smallest = [&]() {
-    if (leaf < n && (inner >= next || weight[leaf] <= weight[inner])) return leaf++;
-    return inner++;
-  };
-  for (; next < 2 * n - 1; ++next) {
-    const size_t a = pop_smallest();
-    const size_t b = pop_smallest();
-    weight[next] = weight[a] + weight[b];
-    parent[a] = parent[b] = next;
-  }
-  // Depths: the root is the last node.
-  std::vector<int> depth(2 * n - 1, 0);
-  for (size_t i = 2 * n - 1; i-- > 0;)
-    depth[i] = (i == 2 * n - 2) ? 0 : depth[parent[i]] + 1;
-
-  // Count codes per length, then limit to kMaxCodeLen (the adjustment of JPEG Annex K.3:
-  // move pairs of deepest codes up, splitting a shorter code to keep Kraft's equality).
-  const int kDeep = int(n);  // no Huffman tree over n leaves is deeper than n - 1
-  std::vector<uint64_t> count(kDeep + 1, 0);
-  for (size_t i = 0; i < n; ++i) ++count[std::min(depth[i], kDeep)];
-  for (int l = kDeep; l > kMaxCodeLen; --l) {
-    while (count[l] > 0) {
-      int j = l - 2;
-      while (count[j] == 0) --j;
-      count[l] -= 2;
-      count[l - 1] += 1;
-      count[j + 1] += 2;
-      count[j] -= 1;
+  const size_t n = used.size();  // callers keep n <= 2^kMaxCodeLen
+  std::vector<uint64_t> leaf(n);
+  for (size_t i = 0; i < n; ++i) leaf[i] = freq[used[i]];
+  // lists[t]: the merged list of depth kMaxCodeLen - t, as weights and leaf flags. Each
+  // package is the sum of two consecutive items of the list below it.
+  std::vector<std::vector<uint64_t>> weight(kMaxCodeLen);
+  std::vector<std::vector<uint8_t>> is_leaf(kMaxCodeLen);
+  weight[0] = leaf;
+  is_leaf[0].assign(n, 1);
+  for (int t = 1; t < kMaxCodeLen; ++t) {
+    const std::vector<uint64_t>& below = weight[t - 1];
+    const size_t packages = below.size() / 2;
+    std::vector<uint64_t>& w = weight[t];
+    std::vector<uint8_t>& f = is_leaf[t];
+    w.reserve(n + packages);
+    f.reserve(n + packages);
+    size_t li = 0, pi = 0;
+    while (li < n || pi < packages) {
+      const uint64_t pw = pi < packages ? below[2 * pi] + below[2 * pi + 1] : 0;
+      if (pi >= packages || (li < n && leaf[li] <= pw)) {
+        w.push_back(leaf[li++]);
+        f.push_back(1);
+      } else {
+        w.push_back(pw);
+        f.push_back(0);
+        ++pi;
+      }
     }
   }
-  // Most frequent symbols get the shortest codes: walk leaves from most to least frequent.
-  size_t i = n;
-  for (int l = 1; l <= kMaxCodeLen; ++l)
-    for (uint64_t c = 0; c < count[l]; ++c) lengths[used[--i]] = uint8_t(l);
+  // Take the 2n - 2 smallest items of the top list; each leaf taken at any depth adds one
+  // to its code length, and the packages taken expand into a prefix of the list below.
+  size_t take = 2 * n - 2;
+  for (int t = kMaxCodeLen - 1; t >= 0; --t) {
+    size_t leaves = 0, packages = 0;
+    for (size_t i = 0; i < take && i < is_leaf[t].size(); ++i) (is_leaf[t][i] ? leaves : packages) += 1;
+    for (size_t i = 0; i < leaves; ++i) ++lengths[used[i]];
+    take = 2 * packages;
+  }
   return lengths;
 }
 

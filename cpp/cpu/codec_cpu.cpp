@@ -132,61 +132,189 @@ double fine_cost_bits(const Count* hist, uint32_t total) {
   return bits;
 }
 
+// How many leading elements of each chunk the sampling pass looks at.
+inline constexpr uint32_t kSampleElems = 2048;
+// Sample counts are scaled by this before every symbol gets one count, so that symbols the
+// sample missed stay codable but cost little.
+inline constexpr uint64_t kSampleWeight = 64;
+// Worst case of one encoded chunk body: 12 + 24 bits a code, 12 bits a mask byte.
+inline constexpr uint64_t kMaxCodeSection = pad8(uint64_t(kChunkElems) * 36 / 8);
+inline constexpr uint64_t kMaxMaskSection = pad8(uint64_t(kChunkElems / 8) * 12 / 8);
+
 struct ChunkPlan {
-  ChunkHeader header;
+  uint8_t lorenzo = 0;           // predictor chosen from the chunk's sample
+  std::vector<uint8_t> bytes;    // the encoded chunk, header included
   uint32_t zeros = 0, coded = 0, outliers = 0;
+  uint8_t kind = kChunkZero;
 };
 
-// Per-chunk statistics kept between plan and encode, in the fine-bin layout.
-struct ChunkHist {
-  uint16_t mask[256];
-  uint16_t fine[kFineAlphabet];
-};
+// Classification is the hot loop of compression: each dtype gets a function of its own,
+// cloned for AVX2 where the platform can dispatch on it at load time.
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(__clang__)
+#define ACTZIP_MULTIVERSION __attribute__((target_clones("avx2", "default")))
+#else
+#define ACTZIP_MULTIVERSION
+#endif
+
+template <int kDT, class T>
+inline void classify_loop(const T* __restrict x, uint32_t n, const Quantizer& quantizer, int32_t* __restrict codes) {
+  const Quantizer qz = quantizer;  // a local copy: no aliasing with codes
+  for (uint32_t i = 0; i < n; ++i) codes[i] = classify_code<kDT>(load_elem<kDT>(x, i), qz);
+}
+ACTZIP_MULTIVERSION void classify_f32(const float* x, uint32_t n, const Quantizer& qz, int32_t* codes) {
+  classify_loop<1>(x, n, qz, codes);
+}
+ACTZIP_MULTIVERSION void classify_f16(const uint16_t* x, uint32_t n, const Quantizer& qz, int32_t* codes) {
+  classify_loop<2>(x, n, qz, codes);
+}
+ACTZIP_MULTIVERSION void classify_bf16(const uint16_t* x, uint32_t n, const Quantizer& qz, int32_t* codes) {
+  classify_loop<3>(x, n, qz, codes);
+}
 
 template <int kDT>
-void analyze_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const Quantizer& qz, ChunkPlan* plan,
-                   ChunkHist* keep, uint32_t* hist_none, uint32_t* hist_lor) {
-  std::memset(hist_none, 0, sizeof(uint32_t) * kFineAlphabet);
-  std::memset(hist_lor, 0, sizeof(uint32_t) * kFineAlphabet);
-  uint32_t mask_hist[256] = {0};
-  uint32_t zeros = 0, coded = 0, outliers = 0;
+void classify_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const Quantizer& qz, int32_t* codes) {
+  if constexpr (kDT == 1) classify_f32(reinterpret_cast<const float*>(data) + begin, elems, qz, codes);
+  else if constexpr (kDT == 2) classify_f16(reinterpret_cast<const uint16_t*>(data) + begin, elems, qz, codes);
+  else classify_bf16(reinterpret_cast<const uint16_t*>(data) + begin, elems, qz, codes);
+}
+
+// Adds the sample's symbols to the tensor histograms and picks the chunk's predictor.
+void sample_chunk(const int32_t* codes, uint32_t n, uint64_t* fine_none, uint64_t* fine_lor, uint64_t* mask_hist,
+                  uint8_t* lorenzo) {
+  uint32_t none[kFineAlphabet] = {0}, lor[kFineAlphabet] = {0};
+  uint32_t coded = 0;
   int32_t prev = 0;
   uint32_t mask_byte = 0;
-  for (uint32_t i = 0; i < elems; ++i) {
-    const float x = load_elem<kDT>(data, begin + i);
-    int32_t c = 0;
-    const int cls = classify<kDT>(x, qz, &c);
-    if (cls == kCoded) {
-      ++hist_none[fine_bin(code_to_u(c))];
-      ++hist_lor[fine_bin(zigzag(c - prev))];
+  for (uint32_t i = 0; i < n; ++i) {
+    const int32_t c = codes[i];
+    if (c != 0 && c != kOutlierCode) {
+      ++none[fine_bin(code_to_u(c))];
+      ++lor[fine_bin(zigzag(c - prev))];
       prev = c;
       mask_byte |= 1u << (i & 7);
       ++coded;
-    } else if (cls == kZero) {
-      ++zeros;
-    } else {
-      ++outliers;
     }
-    if ((i & 7) == 7 || i + 1 == elems) {
+    if ((i & 7) == 7 || i + 1 == n) {
       ++mask_hist[mask_byte];
       mask_byte = 0;
     }
   }
-  plan->zeros = zeros;
-  plan->coded = coded;
-  plan->outliers = outliers;
-  ChunkHeader& ch = plan->header;
+  *lorenzo = fine_cost_bits(lor, coded) < fine_cost_bits(none, coded);
+  uint64_t* dst = *lorenzo ? fine_lor : fine_none;
+  const uint32_t* src = *lorenzo ? lor : none;
+  for (uint32_t b = 0; b < kFineAlphabet; ++b) dst[b] += src[b];
+}
+
+// Thread-local scratch of the main pass (8 bytes of slack for FastBitWriter).
+struct Scratch {
+  std::vector<int32_t> codes = std::vector<int32_t>(kChunkElems);
+  std::vector<uint32_t> u = std::vector<uint32_t>(kChunkElems);
+  std::vector<uint16_t> outlier_pos = std::vector<uint16_t>(kChunkElems + 1);
+  std::vector<uint8_t> mask_bytes = std::vector<uint8_t>(kChunkElems / 8);
+  std::vector<uint8_t> mask = std::vector<uint8_t>(kMaxMaskSection + 8);
+  std::vector<uint8_t> code = std::vector<uint8_t>(kMaxCodeSection + 8);
+};
+
+struct Books {
+  int k = 0;
+  HuffmanEncoder mask, code;
+};
+
+// Encodes one chunk (whose codes are classified) into cp->bytes.
+template <int kDT>
+Status encode_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const Books& books, Scratch& sc,
+                    ChunkPlan* cp) {
+  const size_t es = kDT == 1 ? 4 : 2;
+  const int32_t* codes = sc.codes.data();
+  uint32_t* u = sc.u.data();
+  uint16_t* outlier_pos = sc.outlier_pos.data();
+  uint8_t* mask_bytes = sc.mask_bytes.data();
+  // Compaction: the coded elements' codes in order, the outliers' positions, the mask.
+  uint32_t coded = 0, zeros = 0, outliers = 0;
+  for (uint32_t i0 = 0; i0 < elems; i0 += 8) {
+    const uint32_t n = std::min<uint32_t>(8, elems - i0);
+    uint32_t m = 0;
+    for (uint32_t b = 0; b < n; ++b) {
+      const int32_t c = codes[i0 + b];
+      const uint32_t is_coded = (c != 0) & (c != kOutlierCode);
+      const uint32_t is_outlier = c == kOutlierCode;
+      u[coded] = uint32_t(c);
+      coded += is_coded;
+      outlier_pos[outliers] = uint16_t(i0 + b);
+      outliers += is_outlier;
+      zeros += c == 0;
+      m |= is_coded << b;
+    }
+    mask_bytes[i0 / 8] = uint8_t(m);
+  }
+  cp->zeros = zeros;
+  cp->outliers = outliers;
+  cp->coded = coded;
+  ChunkHeader ch;
+  uint64_t mask_len = 0, code_len = 0;  // bytes the bit streams filled (the rest is padding)
   if (zeros == elems) {
     ch.kind = kChunkZero;
-    return;
+  } else {
+    ch.kind = kChunkCoded;
+    ch.outliers = outliers;
+    const bool has_mask = coded != elems;
+    ch.flags = uint8_t((has_mask ? kChunkHasMask : 0) | (cp->lorenzo ? kChunkLorenzo : 0));
+    // Prediction, in place: u[t] becomes the value to code.
+    if (cp->lorenzo) {
+      int32_t prev = 0;
+      for (uint32_t t = 0; t < coded; ++t) {
+        const int32_t c = int32_t(u[t]);
+        u[t] = zigzag(c - prev);
+        prev = c;
+      }
+    } else {
+      for (uint32_t t = 0; t < coded; ++t) u[t] = code_to_u(int32_t(u[t]));
+    }
+    const int k = books.k;
+    const uint32_t direct = 1u << k;
+    const uint16_t* code = books.code.code.data();
+    const uint8_t* len = books.code.len.data();
+    FastBitWriter code_w(sc.code.data());
+    for (uint32_t t = 0; t < coded; ++t) {
+      const uint32_t v = u[t];
+      const int b = floor_log2(v | 1u);
+      const bool is_class = v >= direct;
+      const uint32_t sym = is_class ? direct + uint32_t(b - k) : v;
+      const int eb = is_class ? b : 0;
+      const uint64_t extra = is_class ? uint64_t(v - (1u << b)) : 0;
+      code_w.put(uint64_t(code[sym]) | (extra << len[sym]), len[sym] + eb);
+    }
+    code_len = code_w.flush();
+    if (has_mask) {
+      FastBitWriter mask_w(sc.mask.data());
+      const uint32_t nbytes = (elems + 7) / 8;
+      for (uint32_t j = 0; j < nbytes; ++j) mask_w.put(books.mask.code[mask_bytes[j]], books.mask.len[mask_bytes[j]]);
+      mask_len = mask_w.flush();
+    }
+    ch.code_bytes = uint32_t(pad8(code_len));
+    ch.mask_bytes = uint32_t(pad8(mask_len));
+    ChunkHeader raw;
+    raw.kind = kChunkRaw;
+    if (chunk_length(ch, elems, es) >= chunk_length(raw, elems, es)) ch = raw;
   }
-  ch.kind = kChunkCoded;
-  ch.outliers = outliers;
-  ch.flags = coded == elems ? 0 : kChunkHasMask;
-  if (fine_cost_bits(hist_lor, coded) < fine_cost_bits(hist_none, coded)) ch.flags |= kChunkLorenzo;
-  const uint32_t* chosen = (ch.flags & kChunkLorenzo) ? hist_lor : hist_none;
-  for (uint32_t b = 0; b < kFineAlphabet; ++b) keep->fine[b] = uint16_t(chosen[b]);
-  for (uint32_t b = 0; b < 256; ++b) keep->mask[b] = uint16_t(mask_hist[b]);
+  cp->kind = ch.kind;
+  cp->bytes.assign(chunk_length(ch, elems, es), 0);
+  uint8_t* out = cp->bytes.data();
+  write_chunk_header(ch, out);
+  uint8_t* body = out + kChunkHeaderBytes;
+  if (ch.kind == kChunkRaw) {
+    std::memcpy(body, data + begin * es, uint64_t(elems) * es);
+  } else if (ch.kind == kChunkCoded) {
+    std::memcpy(body, sc.mask.data(), size_t(mask_len));
+    std::memcpy(body + ch.mask_bytes, sc.code.data(), size_t(code_len));
+    uint8_t* pos = body + ch.mask_bytes + ch.code_bytes;
+    uint8_t* val = pos + pad8(2 * uint64_t(outliers));
+    for (uint32_t o = 0; o < outliers; ++o) {
+      put_u16(pos + 2 * o, outlier_pos[o]);
+      std::memcpy(val + es * o, data + (begin + outlier_pos[o]) * es, es);
+    }
+  }
+  return Status::Ok();
 }
 
 template <int kDT>
@@ -194,10 +322,9 @@ void finite_range_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, flo
   float mn = std::numeric_limits<float>::infinity(), mx = -mn;
   for (uint32_t i = 0; i < elems; ++i) {
     const float x = load_elem<kDT>(data, begin + i);
-    if (std::isfinite(x)) {
-      mn = std::min(mn, x);
-      mx = std::max(mx, x);
-    }
+    const bool finite = std::fabs(x) <= std::numeric_limits<float>::max();
+    mn = finite && x < mn ? x : mn;
+    mx = finite && x > mx ? x : mx;
   }
   *lo = mn;
   *hi = mx;
@@ -212,21 +339,19 @@ auto dispatch_dtype(DType dtype, F f) {
   }
 }
 
-// Code lengths without trailing unused symbols (the stream stores only that prefix).
-std::vector<uint8_t> trimmed(std::vector<uint8_t> lengths) {
-  while (!lengths.empty() && lengths.back() == 0) lengths.pop_back();
-  return lengths;
+// Code lengths for every symbol of the alphabet: the sampled frequencies, weighted, plus
+// one, so that any symbol the full tensor turns out to hold has a code.
+std::vector<uint8_t> smoothed_lengths(const std::vector<uint64_t>& freq) {
+  std::vector<uint64_t> f(freq.size());
+  for (size_t s = 0; s < f.size(); ++s) f[s] = freq[s] * kSampleWeight + 1;
+  return huffman_lengths(f.data(), uint32_t(f.size()));
 }
 
 }  // namespace
 
 struct CompressPlan::Impl {
-  const uint8_t* data = nullptr;
   Header header;
-  Quantizer qz{};
   std::vector<ChunkPlan> chunks;
-  std::vector<ChunkHist> hists;
-  HuffmanEncoder mask_enc, code_enc;
   std::vector<uint8_t> header_buf;
   CompressStats stats;
   uint64_t total_bytes = 0;
@@ -255,7 +380,6 @@ Status plan_compress(const void* data, DType dtype, const std::vector<uint64_t>&
   if (opt.num_threads < 1) return invalid("num_threads must be at least 1");
 
   auto impl = std::make_unique<CompressPlan::Impl>();
-  impl->data = static_cast<const uint8_t*>(data);
   Header& h = impl->header;
   h.flags = opt.payload_checksum ? kFlagPayloadChecksum : 0;
   h.dtype = dtype;
@@ -265,7 +389,7 @@ Status plan_compress(const void* data, DType dtype, const std::vector<uint64_t>&
   h.numel = numel;
   h.num_chunks = chunk_count(numel);
   const uint32_t nchunks = h.num_chunks;
-  const uint8_t* bytes = impl->data;
+  const uint8_t* bytes = static_cast<const uint8_t*>(data);
 
   double abs_bound = opt.error_bound;
   if (opt.mode == BoundMode::kRel) {
@@ -294,37 +418,36 @@ Status plan_compress(const void* data, DType dtype, const std::vector<uint64_t>&
   }
   h.error_bound = abs_bound;
   h.step_exp = step_exp_for(abs_bound);
-  impl->qz = make_quantizer(abs_bound, h.step_exp);
-  const Quantizer qz = impl->qz;
+  const Quantizer qz = make_quantizer(abs_bound, h.step_exp);
 
-  // Pass 1: classify, quantize and histogram every chunk.
-  impl->chunks.assign(nchunks, ChunkPlan{});
-  impl->hists.resize(nchunks);
-  Status s = for_each_chunk(nchunks, opt.num_threads, [&](uint32_t c) {
-    thread_local std::vector<uint32_t> scratch;
-    scratch.resize(2 * kFineAlphabet);
-    dispatch_dtype(dtype, [&](auto dt) {
-      analyze_chunk<decltype(dt)::value>(bytes, uint64_t(c) * kChunkElems, chunk_elem_count(numel, c), qz,
-                                         &impl->chunks[c], &impl->hists[c], scratch.data(),
-                                         scratch.data() + kFineAlphabet);
-    });
-    return Status::Ok();
-  });
-  if (!s.ok()) return s;
-
-  // The tensor's histograms, then its codebooks.
+  // Sampling pass: the first kSampleElems elements of every chunk choose its predictor and
+  // feed the tensor's histograms.
+  impl->chunks.resize(nchunks);
   std::vector<uint64_t> fine(kFineAlphabet, 0), mask(256, 0);
-  bool any_mask = false;
-  for (uint32_t c = 0; c < nchunks; ++c) {
-    const ChunkPlan& cp = impl->chunks[c];
-    impl->stats.zeros += cp.zeros;
-    impl->stats.coded += cp.coded;
-    impl->stats.outliers += cp.outliers;
-    if (cp.header.kind != kChunkCoded) continue;
-    for (uint32_t b = 0; b < kFineAlphabet; ++b) fine[b] += impl->hists[c].fine[b];
-    if (cp.header.flags & kChunkHasMask) {
-      any_mask = true;
-      for (uint32_t b = 0; b < 256; ++b) mask[b] += impl->hists[c].mask[b];
+  {
+    std::vector<std::vector<uint64_t>> part_fine, part_mask;
+    const int threads = opt.num_threads;
+    part_fine.assign(size_t(threads), std::vector<uint64_t>(2 * kFineAlphabet, 0));
+    part_mask.assign(size_t(threads), std::vector<uint64_t>(256, 0));
+    Status s = for_each_chunk(nchunks, threads, [&](uint32_t c) {
+      int32_t codes[kSampleElems];
+      const uint32_t n = std::min(kSampleElems, chunk_elem_count(numel, c));
+      dispatch_dtype(dtype, [&](auto dt) {
+        classify_chunk<decltype(dt)::value>(bytes, uint64_t(c) * kChunkElems, n, qz, codes);
+      });
+#if defined(ACTZIP_HAVE_OPENMP)
+      const size_t t = size_t(omp_get_thread_num());
+#else
+      const size_t t = 0;
+#endif
+      sample_chunk(codes, n, part_fine[t].data(), part_fine[t].data() + kFineAlphabet, part_mask[t].data(),
+                   &impl->chunks[c].lorenzo);
+      return Status::Ok();
+    });
+    if (!s.ok()) return s;
+    for (int t = 0; t < threads; ++t) {
+      for (uint32_t b = 0; b < kFineAlphabet; ++b) fine[b] += part_fine[t][b] + part_fine[t][kFineAlphabet + b];
+      for (uint32_t b = 0; b < 256; ++b) mask[b] += part_mask[t][b];
     }
   }
   // direct_log2: the k whose codebook plus estimated code size is smallest.
@@ -333,21 +456,17 @@ Status plan_compress(const void* data, DType dtype, const std::vector<uint64_t>&
   std::vector<uint64_t> sym_freq;
   for (int k = 0; k <= kMaxDirectLog2; ++k) {
     sym_freq.assign(code_alphabet(k), 0);
-    double extra = 0;
+    double bits = 4.0 * kSampleWeight * code_alphabet(k);  // the codebook, per sample weight
     uint64_t total = 0;
-    uint32_t last_used = 0;
     for (uint32_t b = 0; b < kFineAlphabet; ++b) {
       if (fine[b] == 0) continue;
       int eb = 0;
-      const uint32_t sym = fine_bin_to_symbol(b, k, &eb);
-      sym_freq[sym] += fine[b];
-      extra += double(fine[b]) * eb;
+      sym_freq[fine_bin_to_symbol(b, k, &eb)] += fine[b];
+      bits += double(fine[b]) * eb * kSampleWeight;
       total += fine[b];
-      last_used = std::max(last_used, sym + 1);
     }
-    double bits = extra + 4.0 * last_used;
     for (uint64_t f : sym_freq)
-      if (f) bits -= double(f) * std::log2(double(f) / double(total));
+      if (f) bits -= double(f) * kSampleWeight * std::log2(double(f) / double(total));
     if (bits < best_bits) {
       best_bits = bits;
       best_k = k;
@@ -359,43 +478,46 @@ Status plan_compress(const void* data, DType dtype, const std::vector<uint64_t>&
     int eb = 0;
     if (fine[b]) sym_freq[fine_bin_to_symbol(b, best_k, &eb)] += fine[b];
   }
-  h.code_lengths = trimmed(huffman_lengths(sym_freq.data(), uint32_t(sym_freq.size())));
-  h.mask_lengths = any_mask ? trimmed(huffman_lengths(mask.data(), 256)) : std::vector<uint8_t>{};
-  if (!impl->code_enc.build(h.code_lengths) || !impl->mask_enc.build(h.mask_lengths))
+  Books books;
+  books.k = best_k;
+  h.code_lengths = smoothed_lengths(sym_freq);
+  h.mask_lengths = smoothed_lengths(mask);
+  if (!books.code.build(h.code_lengths) || !books.mask.build(h.mask_lengths))
     return internal("Huffman code construction failed");
 
-  // Exact chunk sizes; a chunk that does not shrink is stored raw.
-  const size_t es = element_size(dtype);
+  // Main pass: classify and encode every chunk into its own buffer.
+  Status s = for_each_chunk(nchunks, opt.num_threads, [&](uint32_t c) {
+    thread_local Scratch scratch;
+    const uint32_t elems = chunk_elem_count(numel, c);
+    const uint64_t begin = uint64_t(c) * kChunkElems;
+    return dispatch_dtype(dtype, [&](auto dt) {
+      classify_chunk<decltype(dt)::value>(bytes, begin, elems, qz, scratch.codes.data());
+      return encode_chunk<decltype(dt)::value>(bytes, begin, elems, books, scratch, &impl->chunks[c]);
+    });
+  });
+  if (!s.ok()) return s;
+
+  // Drop codebooks no chunk uses, so the header carries only what decoding needs.
+  bool any_mask = false, any_code = false;
   h.chunk_end.resize(nchunks);
   uint64_t end = 0;
   for (uint32_t c = 0; c < nchunks; ++c) {
-    ChunkPlan& cp = impl->chunks[c];
-    ChunkHeader& ch = cp.header;
-    const uint32_t elems = chunk_elem_count(numel, c);
-    if (ch.kind == kChunkCoded) {
-      uint64_t code_bits = 0, mask_bits = 0;
-      const ChunkHist& hist = impl->hists[c];
-      for (uint32_t b = 0; b < kFineAlphabet; ++b) {
-        if (!hist.fine[b]) continue;
-        int eb = 0;
-        const uint32_t sym = fine_bin_to_symbol(b, best_k, &eb);
-        code_bits += uint64_t(hist.fine[b]) * (h.code_lengths[sym] + eb);
-      }
-      if (ch.flags & kChunkHasMask)
-        for (uint32_t b = 0; b < 256; ++b)
-          if (hist.mask[b]) mask_bits += uint64_t(hist.mask[b]) * h.mask_lengths[b];
-      ch.code_bytes = uint32_t(pad8((code_bits + 7) / 8));
-      ch.mask_bytes = uint32_t(pad8((mask_bits + 7) / 8));
-      ChunkHeader raw;
-      raw.kind = kChunkRaw;
-      if (chunk_length(ch, elems, es) >= chunk_length(raw, elems, es)) ch = raw;
+    const ChunkPlan& cp = impl->chunks[c];
+    impl->stats.zeros += cp.zeros;
+    impl->stats.coded += cp.coded;
+    impl->stats.outliers += cp.outliers;
+    if (cp.kind == kChunkRaw) ++impl->stats.raw_chunks;
+    if (cp.kind == kChunkZero) ++impl->stats.zero_chunks;
+    if (cp.kind == kChunkCoded) {
+      any_code |= cp.coded > 0;
+      any_mask |= (cp.bytes[1] & kChunkHasMask) != 0;
+      if (cp.bytes[1] & kChunkLorenzo) ++impl->stats.lorenzo_chunks;
     }
-    if (ch.kind == kChunkRaw) ++impl->stats.raw_chunks;
-    if (ch.kind == kChunkZero) ++impl->stats.zero_chunks;
-    if (ch.kind == kChunkCoded && (ch.flags & kChunkLorenzo)) ++impl->stats.lorenzo_chunks;
-    end += chunk_length(ch, elems, es);
+    end += cp.bytes.size();
     h.chunk_end[c] = end;
   }
+  if (!any_mask) h.mask_lengths.clear();
+  if (!any_code) h.code_lengths.clear();
   h.header_bytes = header_size(shape.size(), h.mask_lengths.size(), h.code_lengths.size(), nchunks);
   impl->header_buf.resize(h.header_bytes);
   write_header(h, impl->header_buf.data());
@@ -403,85 +525,6 @@ Status plan_compress(const void* data, DType dtype, const std::vector<uint64_t>&
   *out_plan = std::make_unique<CompressPlan>(std::move(impl));
   return Status::Ok();
 }
-
-namespace {
-
-template <int kDT>
-Status encode_chunk(const CompressPlan::Impl& p, uint32_t c, uint8_t* out) {
-  const Header& h = p.header;
-  const ChunkHeader& ch = p.chunks[c].header;
-  const uint32_t elems = chunk_elem_count(h.numel, c);
-  const uint64_t begin = uint64_t(c) * kChunkElems;
-  const size_t es = element_size(h.dtype);
-  write_chunk_header(ch, out);
-  if (ch.kind == kChunkZero) return Status::Ok();
-  uint8_t* body = out + kChunkHeaderBytes;
-  if (ch.kind == kChunkRaw) {
-    const uint64_t n = uint64_t(elems) * es;
-    std::memcpy(body, p.data + begin * es, n);
-    std::memset(body + n, 0, pad8(n) - n);
-    return Status::Ok();
-  }
-  const bool has_mask = ch.flags & kChunkHasMask;
-  const bool lorenzo = ch.flags & kChunkLorenzo;
-  const int k = h.direct_log2;
-  BitWriter mask_w(body, body + ch.mask_bytes);
-  uint8_t* code_begin = body + ch.mask_bytes;
-  BitWriter code_w(code_begin, code_begin + ch.code_bytes);
-  uint8_t* pos_out = code_begin + ch.code_bytes;
-  uint8_t* val_out = pos_out + pad8(2 * uint64_t(ch.outliers));
-  const uint16_t* code = p.code_enc.code.data();
-  const uint8_t* len = p.code_enc.len.data();
-  const size_t nsym = p.code_enc.len.size();
-  uint32_t outliers = 0, coded = 0;
-  bool unknown_symbol = false;
-  int32_t prev = 0;
-  uint32_t mask_byte = 0;
-  for (uint32_t i = 0; i < elems; ++i) {
-    const float x = load_elem<kDT>(p.data, begin + i);
-    int32_t cval = 0;
-    const int cls = classify<kDT>(x, p.qz, &cval);
-    if (cls == kCoded) {
-      const uint32_t u = lorenzo ? zigzag(cval - prev) : code_to_u(cval);
-      prev = cval;
-      int eb = 0;
-      const uint32_t sym = u_to_symbol(u, k, &eb);
-      if (sym >= nsym || len[sym] == 0) {
-        unknown_symbol = true;
-        break;
-      }
-      code_w.put(code[sym], len[sym]);
-      if (eb) code_w.put(u - (1u << eb), eb);
-      mask_byte |= 1u << (i & 7);
-      ++coded;
-    } else if (cls == kOutlier) {
-      if (outliers == ch.outliers) {
-        unknown_symbol = true;
-        break;
-      }
-      put_u16(pos_out + 2 * outliers, uint16_t(i));
-      std::memcpy(val_out + es * outliers, p.data + (begin + i) * es, es);
-      ++outliers;
-    }
-    if (has_mask && ((i & 7) == 7 || i + 1 == elems)) {
-      if (mask_byte >= p.mask_enc.len.size() || p.mask_enc.len[mask_byte] == 0) {
-        unknown_symbol = true;
-        break;
-      }
-      mask_w.put(p.mask_enc.code[mask_byte], p.mask_enc.len[mask_byte]);
-      mask_byte = 0;
-    }
-  }
-  const bool ok_bits = mask_w.finish() & code_w.finish();
-  if (unknown_symbol || !ok_bits || outliers != ch.outliers || coded != p.chunks[c].coded)
-    return invalid("the input tensor changed between plan_compress() and encode()");
-  const uint64_t pos_bytes = 2 * uint64_t(outliers), val_bytes = es * uint64_t(outliers);
-  std::memset(pos_out + pos_bytes, 0, pad8(pos_bytes) - pos_bytes);
-  std::memset(val_out + val_bytes, 0, pad8(val_bytes) - val_bytes);
-  return Status::Ok();
-}
-
-}  // namespace
 
 Status encode(const CompressPlan& plan, void* out, uint64_t out_bytes, int num_threads) {
   const CompressPlan::Impl& p = plan.impl();
@@ -493,8 +536,8 @@ Status encode(const CompressPlan& plan, void* out, uint64_t out_bytes, int num_t
   uint8_t* payload = dst + p.header.header_bytes;
   Status s = for_each_chunk(p.header.num_chunks, num_threads, [&](uint32_t c) {
     const uint64_t start = c == 0 ? 0 : p.header.chunk_end[c - 1];
-    return dispatch_dtype(p.header.dtype,
-                          [&](auto dt) { return encode_chunk<decltype(dt)::value>(p, c, payload + start); });
+    std::memcpy(payload + start, p.chunks[c].bytes.data(), p.chunks[c].bytes.size());
+    return Status::Ok();
   });
   if (!s.ok()) return s;
   if (p.header.flags & kFlagPayloadChecksum) {
@@ -544,6 +587,36 @@ bool section_fits(const BitReader& r, uint32_t section_bytes, uint64_t consumed_
   return !r.overran() && pad8((consumed_bits + 7) / 8) == section_bytes;
 }
 
+// Per-thread scratch of the decoder.
+struct DecodeScratch {
+  std::vector<uint32_t> u = std::vector<uint32_t>(kChunkElems);
+  std::vector<uint32_t> values = std::vector<uint32_t>(kChunkElems);  // storage bits
+};
+
+// The storage bits of a reconstruction in the stream's dtype.
+template <int kDT>
+inline uint32_t storage_bits(float v) {
+  if constexpr (kDT == 1) return f32_bits(v);
+  else if constexpr (kDT == 2) return f32_to_f16(v);
+  else return f32_to_bf16(v);
+}
+
+// Writes the values of the coded elements to their places and zeros elsewhere.
+template <class T>
+void scatter(const uint32_t* __restrict values, const uint8_t* __restrict mask, bool has_mask, uint32_t elems,
+             T* __restrict out) {
+  if (!has_mask) {
+    for (uint32_t i = 0; i < elems; ++i) out[i] = T(values[i]);
+    return;
+  }
+  uint32_t t = 0;
+  for (uint32_t i = 0; i < elems; ++i) {
+    const uint32_t bit = (mask[i >> 3] >> (i & 7)) & 1u;
+    out[i] = T(values[t] & (0u - bit));
+    t += bit;
+  }
+}
+
 template <int kDT>
 Status decode_chunk(const uint8_t* payload, const Header& h, const Decoders& dec, uint32_t c, uint8_t* out) {
   const uint64_t start = c == 0 ? 0 : h.chunk_end[c - 1];
@@ -576,64 +649,78 @@ Status decode_chunk(const uint8_t* payload, const Header& h, const Decoders& dec
     const uint16_t* table = dec.mask.table.data();
     uint64_t consumed = 0;
     coded = 0;
+    bool bad = false;
     for (uint32_t j = 0; j < mask_len; ++j) {
       if (r.available() < kMaxCodeLen) r.refill();
       const uint16_t e = table[r.peek() & (kDecodeTableSize - 1)];
       const int l = e >> 12;
-      if (l == 0) return format_error("chunk %u: invalid mask code", c);
+      bad |= l == 0;
       r.consume(l);
       consumed += uint64_t(l);
       mask[j] = uint8_t(e & 0xFFF);
       coded += uint32_t(__builtin_popcount(mask[j]));
     }
+    if (bad) return format_error("chunk %u: invalid mask code", c);
     if (!section_fits(r, ch.mask_bytes, consumed)) return format_error("chunk %u: mask section length mismatch", c);
     if ((elems & 7) && (mask[mask_len - 1] >> (elems & 7)) != 0)
       return format_error("chunk %u: mask bits set past the last element", c);
     if (ch.outliers > elems - coded) return format_error("chunk %u: more outliers than uncoded elements", c);
   }
-  const Quantizer qz = make_quantizer(h.error_bound, h.step_exp);
-  const int k = h.direct_log2;
-  const uint32_t direct = 1u << k;
-  const uint16_t* table = dec.code.table.data();
-  BitReader r(body + ch.mask_bytes, body + ch.mask_bytes + ch.code_bytes);
-  uint64_t consumed = 0;
-  int32_t prev = 0;
-  bool bad = false;
   if (coded > 0 && h.code_lengths.empty()) return format_error("chunk %u has codes but the stream has no codebook", c);
-  auto next_value = [&]() -> float {
-    if (r.available() < kMaxCodeLen + kMaxExtraBits) r.refill();
-    const uint16_t e = table[r.peek() & (kDecodeTableSize - 1)];
-    const int l = e >> 12;
-    const uint32_t sym = e & 0xFFFu;
-    r.consume(l);
-    uint32_t u = sym;
-    int extra = 0;
-    if (sym >= direct) {
-      extra = int(sym - direct) + k;
-      u = (1u << extra) + r.take(extra);
+  thread_local DecodeScratch sc;
+  uint32_t* u = sc.u.data();
+  uint32_t* values = sc.values.data();
+  // Entropy decoding: the values of the coded elements, in order.
+  {
+    const int k = h.direct_log2;
+    const uint32_t direct = 1u << k;
+    const uint16_t* table = dec.code.table.data();
+    BitReader r(body + ch.mask_bytes, body + ch.mask_bytes + ch.code_bytes);
+    uint64_t consumed = 0;
+    uint32_t bad = 0;
+    for (uint32_t t = 0; t < coded; ++t) {
+      r.refill();
+      const uint16_t e = table[r.peek() & (kDecodeTableSize - 1)];
+      const int l = e >> 12;
+      const uint32_t sym = e & 0xFFFu;
+      r.consume(l);
+      const bool is_class = sym >= direct;
+      const int eb = is_class ? int(sym - direct) + k : 0;
+      const uint32_t extra = uint32_t(r.peek() & ((uint64_t(1) << eb) - 1));
+      r.consume(eb);
+      u[t] = is_class ? (1u << eb) + extra : sym;
+      consumed += uint64_t(l + eb);
+      bad |= uint32_t(l == 0);
     }
-    consumed += uint64_t(l + extra);
-    const int32_t cv = lorenzo ? prev + unzigzag(u) : u_to_code(u);
-    bad |= (l == 0) | (cv == 0) | (cv > kMaxCode) | (cv < -kMaxCode) | (extra > kMaxExtraBits);
-    prev = bad ? 0 : cv;
-    return reconstruct(bad ? 1 : cv, qz);
-  };
-  if (!has_mask) {
-    for (uint32_t i = 0; i < elems; ++i) store_elem<kDT>(dst, i, next_value());
-  } else {
-    for (uint32_t j = 0; j < mask_len; ++j) {
-      const uint32_t m = mask[j];
-      const uint32_t n = std::min<uint32_t>(8, elems - 8 * j);
-      if (m == 0) {
-        std::memset(dst + uint64_t(8 * j) * es, 0, uint64_t(n) * es);
-        continue;
-      }
-      for (uint32_t b = 0; b < n; ++b)
-        store_elem<kDT>(dst, 8 * j + b, ((m >> b) & 1u) ? next_value() : 0.0f);
-    }
+    if (bad) return format_error("chunk %u: invalid code", c);
+    if (!section_fits(r, ch.code_bytes, consumed)) return format_error("chunk %u: code section length mismatch", c);
   }
-  if (bad) return format_error("chunk %u: invalid code", c);
-  if (!section_fits(r, ch.code_bytes, consumed)) return format_error("chunk %u: code section length mismatch", c);
+  // Codes and reconstructions.
+  {
+    const Quantizer qz = make_quantizer(h.error_bound, h.step_exp);
+    uint32_t bad = 0;
+    if (lorenzo) {
+      int32_t prev = 0;
+      for (uint32_t t = 0; t < coded; ++t) {
+        int32_t cv = prev + unzigzag(u[t]);
+        const uint32_t invalid = (cv == 0) | (cv > kMaxCode) | (cv < -kMaxCode);
+        bad |= invalid;
+        cv = invalid ? 1 : cv;
+        prev = cv;
+        values[t] = storage_bits<kDT>(reconstruct(cv, qz));
+      }
+    } else {
+      for (uint32_t t = 0; t < coded; ++t) {
+        const uint32_t v = u[t];
+        bad |= uint32_t(v > 2u * uint32_t(kMaxCode - 1) + 1u);
+        values[t] = storage_bits<kDT>(reconstruct(u_to_code(v < 2u * uint32_t(kMaxCode) ? v : 0u), qz));
+      }
+    }
+    if (bad) return format_error("chunk %u: invalid code", c);
+  }
+  // Scatter into the output: zeros where the mask is clear.
+  if constexpr (kDT == 1) scatter(values, mask, has_mask, elems, reinterpret_cast<uint32_t*>(dst));
+  else scatter(values, mask, has_mask, elems, reinterpret_cast<uint16_t*>(dst));
   // Outliers: strictly increasing positions of uncoded elements, then their exact bits.
   const uint8_t* pos = body + ch.mask_bytes + ch.code_bytes;
   const uint8_t* val = pos + pad8(2 * uint64_t(ch.outliers));
