@@ -580,6 +580,26 @@ Status check_payload_crc(const uint8_t* s, const Header& h) {
 
 struct Decoders {
   HuffmanDecoder mask, code;
+  // The code table widened so one lookup gives everything about the next symbol:
+  // symbol (bits 0-11), code length (12-15), extra bits (16-20), code length plus extra
+  // bits (21-26), a class flag (27) and an invalid-code flag (28).
+  std::vector<uint32_t> code_wide;
+
+  void widen(int k) {
+    const uint32_t direct = 1u << k;
+    code_wide.assign(kDecodeTableSize, 0);
+    for (uint32_t j = 0; j < kDecodeTableSize && !code.table.empty(); ++j) {
+      const uint32_t e = code.table[j];
+      const uint32_t len = e >> 12, sym = e & 0xFFFu;
+      if (len == 0) {
+        code_wide[j] = 1u << 28;
+        continue;
+      }
+      const bool is_class = sym >= direct;
+      const uint32_t eb = is_class ? sym - direct + uint32_t(k) : 0;
+      code_wide[j] = sym | (len << 12) | (eb << 16) | ((len + eb) << 21) | (uint32_t(is_class) << 27);
+    }
+  }
 };
 
 // Consumed bits must fill the section exactly up to its zero padding.
@@ -672,25 +692,20 @@ Status decode_chunk(const uint8_t* payload, const Header& h, const Decoders& dec
   uint32_t* values = sc.values.data();
   // Entropy decoding: the values of the coded elements, in order.
   {
-    const int k = h.direct_log2;
-    const uint32_t direct = 1u << k;
-    const uint16_t* table = dec.code.table.data();
+    const uint32_t* table = dec.code_wide.data();
     BitReader r(body + ch.mask_bytes, body + ch.mask_bytes + ch.code_bytes);
     uint64_t consumed = 0;
     uint32_t bad = 0;
     for (uint32_t t = 0; t < coded; ++t) {
       r.refill();
-      const uint16_t e = table[r.peek() & (kDecodeTableSize - 1)];
-      const int l = e >> 12;
-      const uint32_t sym = e & 0xFFFu;
-      r.consume(l);
-      const bool is_class = sym >= direct;
-      const int eb = is_class ? int(sym - direct) + k : 0;
-      const uint32_t extra = uint32_t(r.peek() & ((uint64_t(1) << eb) - 1));
-      r.consume(eb);
-      u[t] = is_class ? (1u << eb) + extra : sym;
-      consumed += uint64_t(l + eb);
-      bad |= uint32_t(l == 0);
+      const uint64_t bits = r.peek();
+      const uint32_t e = table[bits & (kDecodeTableSize - 1)];
+      const uint32_t len = (e >> 12) & 15u, eb = (e >> 16) & 31u, total = (e >> 21) & 63u;
+      r.consume(int(total));
+      const uint32_t extra = uint32_t(bits >> len) & ((1u << eb) - 1u);
+      u[t] = (e & (1u << 27)) ? (1u << eb) + extra : (e & 0xFFFu);
+      consumed += total;
+      bad |= e >> 28;
     }
     if (bad) return format_error("chunk %u: invalid code", c);
     if (!section_fits(r, ch.code_bytes, consumed)) return format_error("chunk %u: code section length mismatch", c);
@@ -778,6 +793,7 @@ Status decompress(const void* stream, uint64_t stream_bytes, void* out, uint64_t
   Decoders dec;
   if (!dec.mask.build(h.mask_lengths) || !dec.code.build(h.code_lengths))
     return format_error("invalid codebook");
+  dec.widen(h.direct_log2);
   const uint8_t* payload = bytes + h.header_bytes;
   uint8_t* dst = static_cast<uint8_t*>(out);
   return for_each_chunk(h.num_chunks, num_threads, [&](uint32_t c) {
