@@ -13,6 +13,8 @@ inline constexpr uint8_t kMagic[4] = {'A', 'Z', 'I', 'P'};
 inline constexpr uint16_t kFlagPayloadChecksum = 1;
 inline constexpr uint32_t kChunkHeaderBytes = 16;
 inline constexpr uint32_t kFixedHeaderBytes = 40;
+inline constexpr uint32_t kCodeLanes = 4;          // interleaved bit streams of a code section
+inline constexpr uint32_t kLaneTableBytes = 4 * kCodeLanes;
 
 enum ChunkKind : uint8_t { kChunkRaw = 0, kChunkCoded = 1, kChunkZero = 2 };
 inline constexpr uint8_t kChunkLorenzo = 1;

@@ -138,7 +138,8 @@ inline constexpr uint32_t kSampleElems = 2048;
 // sample missed stay codable but cost little.
 inline constexpr uint64_t kSampleWeight = 64;
 // Worst case of one encoded chunk body: 12 + 24 bits a code, 12 bits a mask byte.
-inline constexpr uint64_t kMaxCodeSection = pad8(uint64_t(kChunkElems) * 36 / 8);
+inline constexpr uint64_t kMaxLaneBytes = pad8(uint64_t(kChunkElems / kCodeLanes) * 36 / 8);
+inline constexpr uint64_t kLaneStride = kMaxLaneBytes + 8;  // slack for FastBitWriter
 inline constexpr uint64_t kMaxMaskSection = pad8(uint64_t(kChunkElems / 8) * 12 / 8);
 
 struct ChunkPlan {
@@ -212,7 +213,7 @@ struct Scratch {
   std::vector<uint16_t> outlier_pos = std::vector<uint16_t>(kChunkElems + 1);
   std::vector<uint8_t> mask_bytes = std::vector<uint8_t>(kChunkElems / 8);
   std::vector<uint8_t> mask = std::vector<uint8_t>(kMaxMaskSection + 8);
-  std::vector<uint8_t> code = std::vector<uint8_t>(kMaxCodeSection + 8);
+  std::vector<uint8_t> code = std::vector<uint8_t>(kCodeLanes * kLaneStride);
 };
 
 struct Books {
@@ -252,6 +253,7 @@ Status encode_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const B
   cp->coded = coded;
   ChunkHeader ch;
   uint64_t mask_len = 0, code_len = 0;  // bytes the bit streams filled (the rest is padding)
+  uint64_t lane_bytes[kCodeLanes] = {0};
   if (zeros == elems) {
     ch.kind = kChunkZero;
   } else {
@@ -274,7 +276,10 @@ Status encode_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const B
     const uint32_t direct = 1u << k;
     const uint16_t* code = books.code.code.data();
     const uint8_t* len = books.code.len.data();
-    FastBitWriter code_w(sc.code.data());
+    // Coded element t goes to lane t % kCodeLanes, so a decoder follows the lanes at once.
+    FastBitWriter lane_w[kCodeLanes] = {FastBitWriter(sc.code.data()), FastBitWriter(sc.code.data() + kLaneStride),
+                                        FastBitWriter(sc.code.data() + 2 * kLaneStride),
+                                        FastBitWriter(sc.code.data() + 3 * kLaneStride)};
     for (uint32_t t = 0; t < coded; ++t) {
       const uint32_t v = u[t];
       const int b = floor_log2(v | 1u);
@@ -282,9 +287,15 @@ Status encode_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const B
       const uint32_t sym = is_class ? direct + uint32_t(b - k) : v;
       const int eb = is_class ? b : 0;
       const uint64_t extra = is_class ? uint64_t(v - (1u << b)) : 0;
-      code_w.put(uint64_t(code[sym]) | (extra << len[sym]), len[sym] + eb);
+      lane_w[t % kCodeLanes].put(uint64_t(code[sym]) | (extra << len[sym]), len[sym] + eb);
     }
-    code_len = code_w.flush();
+    if (coded > 0) {
+      code_len = kLaneTableBytes;
+      for (uint32_t l = 0; l < kCodeLanes; ++l) {
+        lane_bytes[l] = pad8(lane_w[l].flush());
+        code_len += lane_bytes[l];
+      }
+    }
     if (has_mask) {
       FastBitWriter mask_w(sc.mask.data());
       const uint32_t nbytes = (elems + 7) / 8;
@@ -306,7 +317,15 @@ Status encode_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const B
     std::memcpy(body, data + begin * es, uint64_t(elems) * es);
   } else if (ch.kind == kChunkCoded) {
     std::memcpy(body, sc.mask.data(), size_t(mask_len));
-    std::memcpy(body + ch.mask_bytes, sc.code.data(), size_t(code_len));
+    if (code_len > 0) {
+      uint8_t* lanes = body + ch.mask_bytes;
+      uint64_t at = kLaneTableBytes;
+      for (uint32_t l = 0; l < kCodeLanes; ++l) {
+        put_u32(lanes + 4 * l, uint32_t(lane_bytes[l]));
+        std::memcpy(lanes + at, sc.code.data() + l * kLaneStride, size_t(lane_bytes[l]));
+        at += lane_bytes[l];
+      }
+    }
     uint8_t* pos = body + ch.mask_bytes + ch.code_bytes;
     uint8_t* val = pos + pad8(2 * uint64_t(outliers));
     for (uint32_t o = 0; o < outliers; ++o) {
@@ -693,22 +712,51 @@ Status decode_chunk(const uint8_t* payload, const Header& h, const Decoders& dec
   // Entropy decoding: the values of the coded elements, in order.
   {
     const uint32_t* table = dec.code_wide.data();
-    BitReader r(body + ch.mask_bytes, body + ch.mask_bytes + ch.code_bytes);
-    uint64_t consumed = 0;
-    uint32_t bad = 0;
-    for (uint32_t t = 0; t < coded; ++t) {
-      r.refill();
-      const uint64_t bits = r.peek();
-      const uint32_t e = table[bits & (kDecodeTableSize - 1)];
-      const uint32_t len = (e >> 12) & 15u, eb = (e >> 16) & 31u, total = (e >> 21) & 63u;
-      r.consume(int(total));
-      const uint32_t extra = uint32_t(bits >> len) & ((1u << eb) - 1u);
-      u[t] = (e & (1u << 27)) ? (1u << eb) + extra : (e & 0xFFFu);
-      consumed += total;
-      bad |= e >> 28;
+    if ((coded == 0) != (ch.code_bytes == 0) || (coded > 0 && ch.code_bytes < kLaneTableBytes))
+      return format_error("chunk %u: code section does not fit %u coded elements", c, coded);
+    if (coded > 0) {
+      const uint8_t* lanes = body + ch.mask_bytes;
+      uint64_t lane_bytes[kCodeLanes];
+      uint64_t at = kLaneTableBytes;
+      for (uint32_t l = 0; l < kCodeLanes; ++l) {
+        lane_bytes[l] = get_u32(lanes + 4 * l);
+        if (lane_bytes[l] % 8 != 0 || lane_bytes[l] > ch.code_bytes - at)
+          return format_error("chunk %u: code lane %u has an invalid length", c, l);
+        at += lane_bytes[l];
+      }
+      if (at != ch.code_bytes) return format_error("chunk %u: code lanes do not fill the code section", c);
+      BitReader r[kCodeLanes] = {
+          BitReader(lanes + kLaneTableBytes, lanes + kLaneTableBytes + lane_bytes[0]),
+          BitReader(lanes + kLaneTableBytes + lane_bytes[0], lanes + kLaneTableBytes + lane_bytes[0] + lane_bytes[1]),
+          BitReader(lanes + kLaneTableBytes + lane_bytes[0] + lane_bytes[1],
+                    lanes + kLaneTableBytes + lane_bytes[0] + lane_bytes[1] + lane_bytes[2]),
+          BitReader(lanes + kLaneTableBytes + lane_bytes[0] + lane_bytes[1] + lane_bytes[2], lanes + ch.code_bytes)};
+      uint64_t consumed[kCodeLanes] = {0};
+      uint32_t bad = 0;
+      auto step = [&](BitReader& rd, uint64_t& used, uint32_t t) {
+        rd.refill();
+        const uint64_t bits = rd.peek();
+        const uint32_t e = table[bits & (kDecodeTableSize - 1)];
+        const uint32_t len = (e >> 12) & 15u, eb = (e >> 16) & 31u, total = (e >> 21) & 63u;
+        rd.consume(int(total));
+        const uint32_t extra = uint32_t(bits >> len) & ((1u << eb) - 1u);
+        u[t] = (e & (1u << 27)) ? (1u << eb) + extra : (e & 0xFFFu);
+        used += total;
+        bad |= e >> 28;
+      };
+      uint32_t t = 0;
+      for (; t + kCodeLanes <= coded; t += kCodeLanes) {  // four independent chains
+        step(r[0], consumed[0], t);
+        step(r[1], consumed[1], t + 1);
+        step(r[2], consumed[2], t + 2);
+        step(r[3], consumed[3], t + 3);
+      }
+      for (; t < coded; ++t) step(r[t % kCodeLanes], consumed[t % kCodeLanes], t);
+      if (bad) return format_error("chunk %u: invalid code", c);
+      for (uint32_t l = 0; l < kCodeLanes; ++l)
+        if (!section_fits(r[l], uint32_t(lane_bytes[l]), consumed[l]))
+          return format_error("chunk %u: code lane %u length mismatch", c, l);
     }
-    if (bad) return format_error("chunk %u: invalid code", c);
-    if (!section_fits(r, ch.code_bytes, consumed)) return format_error("chunk %u: code section length mismatch", c);
   }
   // Codes and reconstructions.
   {
