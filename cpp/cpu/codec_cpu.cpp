@@ -336,17 +336,41 @@ Status encode_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const B
   return Status::Ok();
 }
 
-template <int kDT>
-void finite_range_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, float* lo, float* hi) {
-  float mn = std::numeric_limits<float>::infinity(), mx = -mn;
-  for (uint32_t i = 0; i < elems; ++i) {
-    const float x = load_elem<kDT>(data, begin + i);
-    const bool finite = std::fabs(x) <= std::numeric_limits<float>::max();
-    mn = finite && x < mn ? x : mn;
-    mx = finite && x > mx ? x : mx;
+// Min and max of the finite elements, as order-preserving integer keys (integer min/max
+// reductions vectorize; float ones would need to drop NaN semantics).
+inline int32_t order_key(float x) {
+  const int32_t b = int32_t(f32_bits(x));
+  return b ^ ((b >> 31) & 0x7FFFFFFF);
+}
+inline float key_value(int32_t key) { return bits_f32(uint32_t(key ^ ((key >> 31) & 0x7FFFFFFF))); }
+
+template <int kDT, class T>
+inline void range_loop(const T* __restrict x, uint32_t n, int32_t* lo, int32_t* hi) {
+  int32_t mn = INT32_MAX, mx = INT32_MIN;
+  for (uint32_t i = 0; i < n; ++i) {
+    const float v = load_elem<kDT>(x, i);
+    const bool finite = (f32_bits(v) & 0x7F800000u) != 0x7F800000u;
+    const int32_t key = order_key(v);
+    mn = std::min(mn, finite ? key : INT32_MAX);
+    mx = std::max(mx, finite ? key : INT32_MIN);
   }
   *lo = mn;
   *hi = mx;
+}
+ACTZIP_MULTIVERSION void range_f32(const float* x, uint32_t n, int32_t* lo, int32_t* hi) { range_loop<1>(x, n, lo, hi); }
+ACTZIP_MULTIVERSION void range_f16(const uint16_t* x, uint32_t n, int32_t* lo, int32_t* hi) { range_loop<2>(x, n, lo, hi); }
+ACTZIP_MULTIVERSION void range_bf16(const uint16_t* x, uint32_t n, int32_t* lo, int32_t* hi) { range_loop<3>(x, n, lo, hi); }
+
+// The finite minimum and maximum of a chunk (+Inf and -Inf when it has no finite element).
+template <int kDT>
+void finite_range_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, float* lo, float* hi) {
+  int32_t klo, khi;
+  if constexpr (kDT == 1) range_f32(reinterpret_cast<const float*>(data) + begin, elems, &klo, &khi);
+  else if constexpr (kDT == 2) range_f16(reinterpret_cast<const uint16_t*>(data) + begin, elems, &klo, &khi);
+  else range_bf16(reinterpret_cast<const uint16_t*>(data) + begin, elems, &klo, &khi);
+  const bool any = klo <= khi;
+  *lo = any ? key_value(klo) : std::numeric_limits<float>::infinity();
+  *hi = any ? key_value(khi) : -std::numeric_limits<float>::infinity();
 }
 
 template <class F>
