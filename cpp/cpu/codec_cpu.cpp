@@ -277,22 +277,29 @@ Status encode_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const B
     const uint16_t* code = books.code.code.data();
     const uint8_t* len = books.code.len.data();
     // Coded element t goes to lane t % kCodeLanes, so a decoder follows the lanes at once.
-    FastBitWriter lane_w[kCodeLanes] = {FastBitWriter(sc.code.data()), FastBitWriter(sc.code.data() + kLaneStride),
-                                        FastBitWriter(sc.code.data() + 2 * kLaneStride),
-                                        FastBitWriter(sc.code.data() + 3 * kLaneStride)};
-    for (uint32_t t = 0; t < coded; ++t) {
-      const uint32_t v = u[t];
+    FastBitWriter w0(sc.code.data()), w1(sc.code.data() + kLaneStride), w2(sc.code.data() + 2 * kLaneStride),
+        w3(sc.code.data() + 3 * kLaneStride);
+    auto put = [&](FastBitWriter& w, uint32_t v) {
       const int b = floor_log2(v | 1u);
       const bool is_class = v >= direct;
       const uint32_t sym = is_class ? direct + uint32_t(b - k) : v;
       const int eb = is_class ? b : 0;
       const uint64_t extra = is_class ? uint64_t(v - (1u << b)) : 0;
-      lane_w[t % kCodeLanes].put(uint64_t(code[sym]) | (extra << len[sym]), len[sym] + eb);
+      w.put(uint64_t(code[sym]) | (extra << len[sym]), len[sym] + eb);
+    };
+    uint32_t t = 0;
+    for (; t + kCodeLanes <= coded; t += kCodeLanes) {  // the writers stay in registers
+      put(w0, u[t]);
+      put(w1, u[t + 1]);
+      put(w2, u[t + 2]);
+      put(w3, u[t + 3]);
     }
+    FastBitWriter* lane_w[kCodeLanes] = {&w0, &w1, &w2, &w3};
+    for (; t < coded; ++t) put(*lane_w[t % kCodeLanes], u[t]);
     if (coded > 0) {
       code_len = kLaneTableBytes;
       for (uint32_t l = 0; l < kCodeLanes; ++l) {
-        lane_bytes[l] = pad8(lane_w[l].flush());
+        lane_bytes[l] = pad8(lane_w[l]->flush());
         code_len += lane_bytes[l];
       }
     }
@@ -309,7 +316,7 @@ Status encode_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const B
     if (chunk_length(ch, elems, es) >= chunk_length(raw, elems, es)) ch = raw;
   }
   cp->kind = ch.kind;
-  cp->bytes.assign(chunk_length(ch, elems, es), 0);
+  cp->bytes.assign(chunk_length(ch, elems, es), 0);  // zeros: the padding of every section
   uint8_t* out = cp->bytes.data();
   write_chunk_header(ch, out);
   uint8_t* body = out + kChunkHeaderBytes;
