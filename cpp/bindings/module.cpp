@@ -192,6 +192,5 @@ PYBIND11_MODULE(_core, m) {
       "compress_bound",
       [](uint64_t numel, int dtype, int ndim) { return actzip::compress_bound(numel, to_dtype(dtype), ndim); },
       py::arg("numel"), py::arg("dtype"), py::arg("ndim"), "Largest stream compress can produce.");
-  m.def("have_openmp", &actzip::have_openmp);
   m.def("max_threads", &actzip::max_threads);
 }

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <string>
 
 #include "actzip/actzip.h"
@@ -19,9 +20,7 @@
 #include "codec/format.h"
 #include "codec/huffman.h"
 
-#if defined(ACTZIP_HAVE_OPENMP)
-#include <omp.h>
-#endif
+#include "cpu/thread_pool.h"
 
 namespace actzip {
 
@@ -46,65 +45,32 @@ uint64_t compress_bound(uint64_t numel, DType dtype, int ndim) {
   return header_size(size_t(ndim), 256, code_alphabet(kMaxDirectLog2), chunks) + payload + 4;
 }
 
-bool have_openmp() {
-#if defined(ACTZIP_HAVE_OPENMP)
-  return true;
-#else
-  return false;
-#endif
-}
-
-int max_threads() {
-#if defined(ACTZIP_HAVE_OPENMP)
-  return omp_get_num_procs();
-#else
-  return 1;
-#endif
-}
+int max_threads() { return available_processors(); }
 
 namespace {
 
 Status invalid(std::string message) { return Status{StatusCode::kInvalidArgument, std::move(message)}; }
 Status internal(std::string message) { return Status{StatusCode::kInternal, std::move(message)}; }
 
-// Runs body(chunk) for every chunk on up to `threads` threads; returns the failure of the
-// lowest-numbered chunk that failed, so errors are deterministic too.
+// Runs body(chunk, slot) for every chunk on up to `threads` threads; returns the failure
+// of the lowest-numbered chunk that failed, so errors are deterministic too.
 template <class Body>
 Status for_each_chunk(uint32_t chunks, int threads, Body body) {
-  std::atomic<uint32_t> first_bad{std::numeric_limits<uint32_t>::max()};
-  std::vector<Status> failures;
-  std::vector<uint32_t> failed_chunks;
-  const int64_t n = int64_t(chunks);
-#if defined(ACTZIP_HAVE_OPENMP)
-  const int t = std::max(1, std::min<int>(threads, int(std::max<int64_t>(n, 1))));
-#pragma omp parallel num_threads(t)
-#endif
-  {
-    std::vector<std::pair<uint32_t, Status>> mine;
-#if defined(ACTZIP_HAVE_OPENMP)
-#pragma omp for schedule(dynamic, 1)
-#endif
-    for (int64_t c = 0; c < n; ++c) {
-      if (uint32_t(c) > first_bad.load(std::memory_order_relaxed)) continue;
-      Status s = body(uint32_t(c));
-      if (!s.ok()) {
-        uint32_t cur = first_bad.load();
-        while (uint32_t(c) < cur && !first_bad.compare_exchange_weak(cur, uint32_t(c))) {
-        }
-        mine.emplace_back(uint32_t(c), std::move(s));
-      }
-    }
-#if defined(ACTZIP_HAVE_OPENMP)
-#pragma omp critical(actzip_failures)
-#endif
-    for (auto& m : mine) {
-      failed_chunks.push_back(m.first);
-      failures.push_back(std::move(m.second));
-    }
-  }
-  if (failures.empty()) return Status::Ok();
-  const size_t i = size_t(std::min_element(failed_chunks.begin(), failed_chunks.end()) - failed_chunks.begin());
-  return failures[i];
+  std::mutex mu;
+  uint32_t first_bad = std::numeric_limits<uint32_t>::max();
+  Status failure;
+  parallel_for(int64_t(chunks), std::min<int>(threads, int(std::max<uint32_t>(chunks, 1))),
+               [&](int64_t index, int slot) {
+                 const uint32_t c = uint32_t(index);
+                 Status s = body(c, slot);
+                 if (s.ok()) return;
+                 std::lock_guard<std::mutex> lk(mu);
+                 if (c < first_bad) {
+                   first_bad = c;
+                   failure = std::move(s);
+                 }
+               });
+  return failure;
 }
 
 // n * log2(n) for the counts one chunk can hold, so entropy estimates cost no logarithms.
@@ -444,7 +410,7 @@ Status plan_compress(const void* data, DType dtype, const std::vector<uint64_t>&
   double abs_bound = opt.error_bound;
   if (opt.mode == BoundMode::kRel) {
     std::vector<float> lo(nchunks), hi(nchunks);
-    Status s = for_each_chunk(nchunks, opt.num_threads, [&](uint32_t c) {
+    Status s = for_each_chunk(nchunks, opt.num_threads, [&](uint32_t c, int /*slot*/) {
       dispatch_dtype(dtype, [&](auto dt) {
         finite_range_chunk<decltype(dt)::value>(bytes, uint64_t(c) * kChunkElems, chunk_elem_count(numel, c), &lo[c],
                                                 &hi[c]);
@@ -479,17 +445,13 @@ Status plan_compress(const void* data, DType dtype, const std::vector<uint64_t>&
     const int threads = opt.num_threads;
     part_fine.assign(size_t(threads), std::vector<uint64_t>(2 * kFineAlphabet, 0));
     part_mask.assign(size_t(threads), std::vector<uint64_t>(256, 0));
-    Status s = for_each_chunk(nchunks, threads, [&](uint32_t c) {
+    Status s = for_each_chunk(nchunks, threads, [&](uint32_t c, int slot) {
       int32_t codes[kSampleElems];
       const uint32_t n = std::min(kSampleElems, chunk_elem_count(numel, c));
       dispatch_dtype(dtype, [&](auto dt) {
         classify_chunk<decltype(dt)::value>(bytes, uint64_t(c) * kChunkElems, n, qz, codes);
       });
-#if defined(ACTZIP_HAVE_OPENMP)
-      const size_t t = size_t(omp_get_thread_num());
-#else
-      const size_t t = 0;
-#endif
+      const size_t t = size_t(slot);
       sample_chunk(codes, n, part_fine[t].data(), part_fine[t].data() + kFineAlphabet, part_mask[t].data(),
                    &impl->chunks[c].lorenzo);
       return Status::Ok();
@@ -536,7 +498,7 @@ Status plan_compress(const void* data, DType dtype, const std::vector<uint64_t>&
     return internal("Huffman code construction failed");
 
   // Main pass: classify and encode every chunk into its own buffer.
-  Status s = for_each_chunk(nchunks, opt.num_threads, [&](uint32_t c) {
+  Status s = for_each_chunk(nchunks, opt.num_threads, [&](uint32_t c, int /*slot*/) {
     thread_local Scratch scratch;
     const uint32_t elems = chunk_elem_count(numel, c);
     const uint64_t begin = uint64_t(c) * kChunkElems;
@@ -584,7 +546,7 @@ Status encode(const CompressPlan& plan, void* out, uint64_t out_bytes, int num_t
   uint8_t* dst = static_cast<uint8_t*>(out);
   std::memcpy(dst, p.header_buf.data(), p.header_buf.size());
   uint8_t* payload = dst + p.header.header_bytes;
-  Status s = for_each_chunk(p.header.num_chunks, num_threads, [&](uint32_t c) {
+  Status s = for_each_chunk(p.header.num_chunks, num_threads, [&](uint32_t c, int /*slot*/) {
     const uint64_t start = c == 0 ? 0 : p.header.chunk_end[c - 1];
     std::memcpy(payload + start, p.chunks[c].bytes.data(), p.chunks[c].bytes.size());
     return Status::Ok();
@@ -875,7 +837,7 @@ Status decompress(const void* stream, uint64_t stream_bytes, void* out, uint64_t
   dec.widen(h.direct_log2);
   const uint8_t* payload = bytes + h.header_bytes;
   uint8_t* dst = static_cast<uint8_t*>(out);
-  return for_each_chunk(h.num_chunks, num_threads, [&](uint32_t c) {
+  return for_each_chunk(h.num_chunks, num_threads, [&](uint32_t c, int /*slot*/) {
     return dispatch_dtype(h.dtype, [&](auto dt) { return decode_chunk<decltype(dt)::value>(payload, h, dec, c, dst); });
   });
 }

@@ -59,7 +59,7 @@ struct CompressOptions {
   double error_bound = 0;         // > 0 and finite; read as `mode` says
   BoundMode mode = BoundMode::kAbs;
   bool payload_checksum = false;  // append a CRC-32 of the payload
-  int num_threads = 1;            // >= 1; chunks are spread over this many OpenMP threads
+  int num_threads = 1;            // >= 1; chunks are spread over this many threads
 };
 
 // What a stream's header says, after validation.
@@ -124,8 +124,7 @@ Status validate(const void* stream, uint64_t stream_bytes, StreamInfo* info);
 Status decompress(const void* stream, uint64_t stream_bytes, void* out, uint64_t out_bytes,
                   int num_threads);
 
-// True when this build parallelizes with OpenMP; the number of processors it sees.
-bool have_openmp();
+// Processors this process may run on: the default thread count.
 int max_threads();
 
 }  // namespace actzip

@@ -200,7 +200,11 @@ def compress(x, error_bound: float, *, mode: str = "abs", checksum: bool = False
     if numpy_in:
         if x.dtype not in _NUMPY_DTYPES:
             raise TypeError(f"x: numpy arrays of dtype float32 or float16 are supported, not {x.dtype}")
-        t = torch.from_numpy(np.ascontiguousarray(x))
+        dtype = _NUMPY_DTYPES[x.dtype]
+        # ascontiguousarray would turn a 0-d array into 1-d; read-only arrays are fine.
+        arr = x if x.flags.c_contiguous else np.ascontiguousarray(x).reshape(x.shape)
+        bits = arr.view(np.int32 if dtype == torch.float32 else np.int16)
+        shape = tuple(arr.shape)
         device = torch.device("cpu")
     elif isinstance(x, torch.Tensor):
         if x.dtype not in _DTYPE_CODES:
@@ -210,20 +214,21 @@ def compress(x, error_bound: float, *, mode: str = "abs", checksum: bool = False
         if t.device.type != "cpu":
             t = t.to("cpu")
         t = t.contiguous()
+        dtype = t.dtype
+        bits = _byte_view(t)
+        shape = tuple(t.shape)
     else:
         raise TypeError(f"x must be a torch.Tensor or numpy.ndarray, not {type(x).__name__}")
-    if t.dim() > 8:
-        raise ValueError(f"x: tensors of at most 8 dimensions are supported, got {t.dim()}")
+    if len(shape) > 8:
+        raise ValueError(f"x: tensors of at most 8 dimensions are supported, got {len(shape)}")
     threads = _num_threads
-    plan = _core.plan_compress(
-        _byte_view(t), _DTYPE_CODES[t.dtype], list(t.shape), bound, mode, checksum, threads
-    )
+    plan = _core.plan_compress(bits, _DTYPE_CODES[dtype], list(shape), bound, mode, checksum, threads)
     out = torch.empty(plan.compressed_bytes, dtype=torch.uint8)
     plan.encode(out.numpy(), threads)
     info = {
-        "dtype": _DTYPE_CODES[t.dtype],
-        "shape": tuple(t.shape),
-        "numel": t.numel(),
+        "dtype": _DTYPE_CODES[dtype],
+        "shape": shape,
+        "numel": math.prod(shape),
         "mode": mode,
         "requested_bound": bound,
         "error_bound": plan.error_bound,

@@ -1,0 +1,126 @@
+// Test inputs and streams made through the public API, shared by the C++ tests.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "actzip/actzip.h"
+#include "codec/element.h"
+
+namespace actzip_test {
+
+// A tensor to compress: its bytes in the dtype's representation, its dtype and shape.
+struct Tensor {
+  std::string name;
+  actzip::DType dtype = actzip::DType::kFloat32;
+  std::vector<uint64_t> shape;
+  std::vector<uint8_t> bytes;
+
+  uint64_t numel() const {
+    uint64_t n = 1;
+    for (uint64_t d : shape) n *= d;
+    return n;
+  }
+  size_t elem_size() const { return actzip::element_size(dtype); }
+  // Element i widened to binary32 (exact for every dtype).
+  float at(uint64_t i) const {
+    switch (dtype) {
+      case actzip::DType::kFloat16: return actzip::detail::load_elem<2>(bytes.data(), i);
+      case actzip::DType::kBFloat16: return actzip::detail::load_elem<3>(bytes.data(), i);
+      default: return actzip::detail::load_elem<1>(bytes.data(), i);
+    }
+  }
+  void set(uint64_t i, float v) {
+    switch (dtype) {
+      case actzip::DType::kFloat16: actzip::detail::store_elem<2>(bytes.data(), i, v); break;
+      case actzip::DType::kBFloat16: actzip::detail::store_elem<3>(bytes.data(), i, v); break;
+      default: actzip::detail::store_elem<1>(bytes.data(), i, v); break;
+    }
+  }
+};
+
+enum class Fill {
+  kRelu,      // half zeros, the rest smooth positive values with noise
+  kNormal,    // N(0, 1)
+  kSpecials,  // normal values mixed with NaN, +-Inf, -0.0, +0.0, huge and tiny values
+  kZeros,
+  kConstant,
+  kRamp,      // a smooth ramp (Lorenzo-friendly)
+};
+
+inline Tensor make_tensor(const std::string& name, actzip::DType dtype, std::vector<uint64_t> shape, Fill fill,
+                          uint64_t seed) {
+  Tensor t;
+  t.name = name;
+  t.dtype = dtype;
+  t.shape = std::move(shape);
+  const uint64_t n = t.numel();
+  t.bytes.assign(n * t.elem_size(), 0);
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const float inf = std::numeric_limits<float>::infinity();
+  const float specials[] = {std::numeric_limits<float>::quiet_NaN(), inf, -inf, -0.0f, 0.0f, 3e38f, -3e38f,
+                            1e-40f, -1e-40f, 65504.0f, 6e-8f};
+  for (uint64_t i = 0; i < n; ++i) {
+    float v = 0;
+    switch (fill) {
+      case Fill::kRelu: v = std::max(0.0f, std::sin(float(i) * 0.01f) + 0.3f * normal(rng)); break;
+      case Fill::kNormal: v = normal(rng); break;
+      case Fill::kSpecials: v = rng() % 5 == 0 ? specials[rng() % 11] : normal(rng) * 100.0f; break;
+      case Fill::kZeros: v = 0; break;
+      case Fill::kConstant: v = 1.5f; break;
+      case Fill::kRamp: v = float(i) * 1e-3f; break;
+    }
+    t.set(i, v);
+  }
+  return t;
+}
+
+struct Compressed {
+  actzip::Status status;
+  std::vector<uint8_t> stream;
+  double error_bound = 0;
+  actzip::CompressStats stats;
+};
+
+inline Compressed compress(const Tensor& t, double bound, actzip::BoundMode mode = actzip::BoundMode::kAbs,
+                           bool checksum = false, int threads = 1) {
+  Compressed out;
+  actzip::CompressOptions opt;
+  opt.error_bound = bound;
+  opt.mode = mode;
+  opt.payload_checksum = checksum;
+  opt.num_threads = threads;
+  std::unique_ptr<actzip::CompressPlan> plan;
+  out.status = actzip::plan_compress(t.bytes.data(), t.dtype, t.shape, opt, &plan);
+  if (!out.status.ok()) return out;
+  out.stream.assign(plan->compressed_bytes(), 0);
+  out.error_bound = plan->error_bound();
+  out.stats = plan->stats();
+  out.status = actzip::encode(*plan, out.stream.data(), out.stream.size(), threads);
+  return out;
+}
+
+// Decodes a stream; `out` gets the stream's numel elements (sized from read_info).
+inline actzip::Status decode(const std::vector<uint8_t>& stream, std::vector<uint8_t>* out, int threads = 1) {
+  actzip::StreamInfo info;
+  actzip::Status s = actzip::read_info(stream.data(), stream.size(), &info);
+  if (!s.ok()) return s;
+  out->assign(info.numel * actzip::element_size(info.dtype), 0);
+  return actzip::decompress(stream.data(), stream.size(), out->data(), out->size(), threads);
+}
+
+inline uint32_t get_u32_le(const uint8_t* p) {
+  return uint32_t(p[0]) | (uint32_t(p[1]) << 8) | (uint32_t(p[2]) << 16) | (uint32_t(p[3]) << 24);
+}
+inline void put_u32_le(uint8_t* p, uint32_t v) {
+  for (int i = 0; i < 4; ++i) p[i] = uint8_t(v >> (8 * i));
+}
+
+}  // namespace actzip_test

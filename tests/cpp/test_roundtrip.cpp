@@ -1,0 +1,238 @@
+// The public API end to end (plan_compress, encode, decompress): the bound, zero, sign and
+// special-value rules on decoded tensors, bytes independent of the thread count, the size
+// bound, the statistics, and the arguments that must be refused.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <vector>
+
+#include "actzip/actzip.h"
+#include "harness.h"
+#include "streams.h"
+
+namespace {
+
+using actzip::BoundMode;
+using actzip::DType;
+using actzip::StatusCode;
+using namespace actzip_test;
+
+struct Case {
+  Tensor t;
+  double bound;
+  BoundMode mode;
+};
+
+std::vector<Case> cases() {
+  std::vector<Case> out;
+  const DType dtypes[] = {DType::kFloat32, DType::kFloat16, DType::kBFloat16};
+  const std::vector<std::vector<uint64_t>> shapes = {{}, {0}, {1}, {7}, {16384}, {16385}, {3, 17, 331}, {2, 3, 5, 7, 11},
+                                                     {50000}};
+  const Fill fills[] = {Fill::kRelu, Fill::kNormal, Fill::kSpecials, Fill::kZeros, Fill::kConstant, Fill::kRamp};
+  uint64_t seed = 1;
+  for (DType dt : dtypes)
+    for (const auto& shape : shapes)
+      for (Fill fill : fills) {
+        if (fill == Fill::kZeros && shape.size() > 1) continue;
+        for (double bound : {1e-1, 1e-3})
+          out.push_back({make_tensor("", dt, shape, fill, seed++), bound, seed % 2 ? BoundMode::kAbs : BoundMode::kRel});
+      }
+  out.push_back({make_tensor("", DType::kFloat32, {20000}, Fill::kNormal, 77), 1e-30, BoundMode::kAbs});
+  out.push_back({make_tensor("", DType::kFloat32, {20000}, Fill::kNormal, 78), 1e10, BoundMode::kAbs});
+  out.push_back({make_tensor("", DType::kFloat16, {20000}, Fill::kSpecials, 79), 1e-7, BoundMode::kRel});
+  return out;
+}
+
+// Checks every decoded element against its input: finite values within `bound` (binary64),
+// +0.0 exact, non-zero values keep their sign and stay non-zero, NaN/Inf/-0.0 bit-exact.
+void check_decoded(const Tensor& in, const std::vector<uint8_t>& out, double bound, const char* what) {
+  Tensor dec = in;
+  dec.bytes = out;
+  const size_t es = in.elem_size();
+  for (uint64_t i = 0; i < in.numel(); ++i) {
+    const float x = in.at(i), y = dec.at(i);
+    const bool exact = std::memcmp(in.bytes.data() + i * es, out.data() + i * es, es) == 0;
+    if (!std::isfinite(x) || x == 0.0f) {
+      ACTZIP_CHECK(exact, "%s: element %llu: special or zero %a came back as %a", what, (unsigned long long)i,
+                   double(x), double(y));
+    } else {
+      const double err = std::fabs(double(x) - double(y));
+      ACTZIP_CHECK(std::isfinite(y) && err <= bound && y != 0.0f && std::signbit(x) == std::signbit(y),
+                   "%s: element %llu: %a came back as %a (error %a, bound %a)", what, (unsigned long long)i, double(x),
+                   double(y), err, bound);
+    }
+    if (actzip_test::failures_in_current_test() > 20) return;
+  }
+}
+
+// What the rel mode's absolute bound is: the bound times the range of the finite values.
+double rel_bound(const Tensor& t, double rel) {
+  double lo = HUGE_VAL, hi = -HUGE_VAL;
+  for (uint64_t i = 0; i < t.numel(); ++i) {
+    const float x = t.at(i);
+    if (std::isfinite(x)) {
+      lo = std::min(lo, double(x));
+      hi = std::max(hi, double(x));
+    }
+  }
+  double range = hi >= lo ? hi - lo : 0.0;
+  if (range == 0) range = hi >= lo ? std::max(std::fabs(lo), std::fabs(hi)) : 0.0;  // constant tensor
+  if (range == 0) range = 1.0;  // no non-zero finite value
+  return rel * range;
+}
+
+ACTZIP_TEST(round_trips_honour_the_bound_zero_sign_and_special_rules) {
+  for (const Case& c : cases()) {
+    const Compressed z = compress(c.t, c.bound, c.mode, true);
+    ACTZIP_REQUIRE(z.status.ok(), "%s", z.status.message.c_str());
+    const double want_bound = c.mode == BoundMode::kAbs ? c.bound : rel_bound(c.t, c.bound);
+    ACTZIP_CHECK(z.error_bound == want_bound, "dtype %d numel %llu: error bound %a, want %a", int(c.t.dtype),
+                 (unsigned long long)c.t.numel(), z.error_bound, want_bound);
+    std::vector<uint8_t> out;
+    const actzip::Status s = decode(z.stream, &out);
+    ACTZIP_REQUIRE(s.ok(), "%s", s.message.c_str());
+    ACTZIP_REQUIRE(out.size() == c.t.bytes.size(), "decoded %zu bytes of %zu", out.size(), c.t.bytes.size());
+    check_decoded(c.t, out, z.error_bound, "round trip");
+    ACTZIP_CHECK(z.stats.zeros + z.stats.coded + z.stats.outliers == c.t.numel(), "stats do not add up");
+    ACTZIP_CHECK(z.stream.size() <= actzip::compress_bound(c.t.numel(), c.t.dtype, int(c.t.shape.size())),
+                 "%zu bytes above compress_bound", z.stream.size());
+    actzip::StreamInfo info;
+    ACTZIP_REQUIRE(actzip::validate(z.stream.data(), z.stream.size(), &info).ok(), "validate");
+    ACTZIP_CHECK(info.shape == c.t.shape && info.dtype == c.t.dtype && info.mode == c.mode &&
+                     info.requested_bound == c.bound && info.error_bound == z.error_bound,
+                 "info does not describe the input");
+  }
+}
+
+ACTZIP_TEST(bytes_do_not_depend_on_the_thread_count) {
+  for (const Case& c : cases()) {
+    if (c.t.numel() < 2 * actzip::kChunkElems) continue;
+    const Compressed one = compress(c.t, c.bound, c.mode, true, 1);
+    ACTZIP_REQUIRE(one.status.ok(), "%s", one.status.message.c_str());
+    std::vector<uint8_t> dec_one;
+    ACTZIP_REQUIRE(decode(one.stream, &dec_one, 1).ok(), "decode");
+    for (int threads : {2, 3, 8}) {
+      const Compressed many = compress(c.t, c.bound, c.mode, true, threads);
+      ACTZIP_CHECK(many.status.ok() && many.stream == one.stream, "%d threads: different bytes", threads);
+      std::vector<uint8_t> dec_many;
+      ACTZIP_CHECK(decode(one.stream, &dec_many, threads).ok() && dec_many == dec_one, "%d threads: different decode",
+                   threads);
+    }
+  }
+}
+
+ACTZIP_TEST(incompressible_data_stays_within_compress_bound) {
+  // Random bit patterns (any float, NaNs included) at a tiny bound: every chunk raw at worst.
+  std::mt19937_64 rng(5);
+  for (DType dt : {DType::kFloat32, DType::kFloat16, DType::kBFloat16})
+    for (uint64_t n : {1ull, 100ull, 16384ull, 16385ull, 40000ull}) {
+      Tensor t = make_tensor("", dt, {n}, Fill::kZeros, 0);
+      for (auto& b : t.bytes) b = uint8_t(rng());
+      for (int ndim : {1, 8}) {
+        std::vector<uint64_t> shape(size_t(ndim), 1);
+        shape[0] = n;
+        t.shape = shape;
+        const Compressed z = compress(t, 1e-30, BoundMode::kAbs, true);
+        ACTZIP_REQUIRE(z.status.ok(), "%s", z.status.message.c_str());
+        ACTZIP_CHECK(z.stream.size() <= actzip::compress_bound(n, dt, ndim), "n=%llu: %zu > %llu",
+                     (unsigned long long)n, z.stream.size(),
+                     (unsigned long long)actzip::compress_bound(n, dt, ndim));
+        std::vector<uint8_t> out;
+        ACTZIP_CHECK(decode(z.stream, &out).ok() && out == t.bytes, "n=%llu: not bit-exact", (unsigned long long)n);
+      }
+    }
+}
+
+ACTZIP_TEST(compress_bound_covers_the_largest_header_and_raw_chunks) {
+  // docs/FORMAT.md section 6 without its slack: the largest header (256 mask and 1039 code
+  // lengths), every chunk raw, the payload checksum.
+  for (DType dt : {DType::kFloat32, DType::kFloat16, DType::kBFloat16})
+    for (uint64_t n : {0ull, 1ull, 3ull, 16384ull, 16385ull, 1000000ull})
+      for (int ndim : {0, 1, 4, 8}) {
+        const uint64_t es = actzip::element_size(dt);
+        const uint64_t chunks = (n + actzip::kChunkElems - 1) / actzip::kChunkElems;
+        const uint64_t books = 2 + 128 + 2 + 520;
+        uint64_t want = ((40 + 8 * uint64_t(ndim) + books + 7) / 8) * 8 + 8 * chunks + 8;
+        for (uint64_t c = 0; c < chunks; ++c) {
+          const uint64_t count = std::min<uint64_t>(actzip::kChunkElems, n - c * actzip::kChunkElems);
+          want += 16 + (count * es + 7) / 8 * 8;
+        }
+        want += 4;
+        ACTZIP_CHECK(actzip::compress_bound(n, dt, ndim) >= want, "n=%llu ndim %d: %llu < %llu",
+                     (unsigned long long)n, ndim, (unsigned long long)actzip::compress_bound(n, dt, ndim),
+                     (unsigned long long)want);
+      }
+}
+
+ACTZIP_TEST(encode_refuses_a_short_buffer_and_never_writes_past_it) {
+  const Tensor t = make_tensor("", DType::kFloat32, {20000}, Fill::kRelu, 11);
+  actzip::CompressOptions opt;
+  opt.error_bound = 1e-3;
+  std::unique_ptr<actzip::CompressPlan> plan;
+  ACTZIP_REQUIRE(actzip::plan_compress(t.bytes.data(), t.dtype, t.shape, opt, &plan).ok(), "plan");
+  std::vector<uint8_t> out(plan->compressed_bytes() - 1);
+  ACTZIP_CHECK(actzip::encode(*plan, out.data(), out.size(), 1).code == StatusCode::kBufferTooSmall, "short buffer");
+  ACTZIP_CHECK(actzip::encode(*plan, nullptr, plan->compressed_bytes(), 1).code == StatusCode::kBufferTooSmall,
+               "null buffer");
+  out.resize(plan->compressed_bytes());
+  ACTZIP_CHECK(actzip::encode(*plan, out.data(), out.size(), 0).code == StatusCode::kInvalidArgument, "0 threads");
+}
+
+ACTZIP_TEST(input_changed_between_plan_and_encode_is_refused_or_encoded_without_overflow) {
+  // plan_compress() keeps the pointer; a caller that changes the data breaks the contract,
+  // but the encoder must still stay inside the caller's buffer (checked by ASan builds).
+  for (Fill later : {Fill::kSpecials, Fill::kNormal, Fill::kZeros}) {
+    Tensor t = make_tensor("", DType::kFloat32, {40000}, Fill::kRelu, 12);
+    actzip::CompressOptions opt;
+    opt.error_bound = 1e-2;
+    std::unique_ptr<actzip::CompressPlan> plan;
+    ACTZIP_REQUIRE(actzip::plan_compress(t.bytes.data(), t.dtype, t.shape, opt, &plan).ok(), "plan");
+    t.bytes = make_tensor("", DType::kFloat32, {40000}, later, 13).bytes;  // same size, new contents
+    std::vector<uint8_t> out(plan->compressed_bytes());
+    const actzip::Status s = actzip::encode(*plan, out.data(), out.size(), 2);
+    ACTZIP_CHECK(s.ok() || s.code == StatusCode::kInvalidArgument, "status %d: %s", int(s.code), s.message.c_str());
+  }
+}
+
+ACTZIP_TEST(bad_arguments_are_refused) {
+  const Tensor t = make_tensor("", DType::kFloat32, {10}, Fill::kNormal, 1);
+  std::unique_ptr<actzip::CompressPlan> plan;
+  auto plan_with = [&](double bound, int threads, std::vector<uint64_t> shape, const void* data, int mode, int dtype) {
+    actzip::CompressOptions opt;
+    opt.error_bound = bound;
+    opt.num_threads = threads;
+    opt.mode = BoundMode(mode);
+    return actzip::plan_compress(data, DType(dtype), shape, opt, &plan).code;
+  };
+  const auto inv = StatusCode::kInvalidArgument;
+  const void* d = t.bytes.data();
+  for (double b : {0.0, -1.0, std::numeric_limits<double>::infinity(), std::numeric_limits<double>::quiet_NaN()})
+    ACTZIP_CHECK(plan_with(b, 1, {10}, d, 0, 1) == inv, "bound %g accepted", b);
+  ACTZIP_CHECK(plan_with(1e-3, 0, {10}, d, 0, 1) == inv, "0 threads accepted");
+  ACTZIP_CHECK(plan_with(1e-3, 1, std::vector<uint64_t>(9, 1), d, 0, 1) == inv, "9 dimensions accepted");
+  ACTZIP_CHECK(plan_with(1e-3, 1, {uint64_t(1) << 24, uint64_t(1) << 24}, d, 0, 1) == inv, "2^48 elements accepted");
+  ACTZIP_CHECK(plan_with(1e-3, 1, {10}, nullptr, 0, 1) == inv, "null data accepted");
+  ACTZIP_CHECK(plan_with(1e-3, 1, {10}, d, 2, 1) == inv, "bound mode 2 accepted");
+  ACTZIP_CHECK(plan_with(1e-3, 1, {10}, d, 0, 0) == inv, "dtype 0 accepted");
+  ACTZIP_CHECK(plan_with(1e-3, 1, {10}, d, 0, 4) == inv, "dtype 4 accepted");
+  ACTZIP_CHECK(plan_with(1e-3, 1, {0}, nullptr, 0, 1) == StatusCode::kOk, "an empty tensor needs no data");
+}
+
+ACTZIP_TEST(huge_bounds_give_the_step_the_format_prescribes) {
+  // step_exp = clamp(floor(log2(2 * error_bound)), -149, 127) for every finite positive bound,
+  // including bounds whose double is so large that 2 * bound overflows.
+  const Tensor t = make_tensor("", DType::kFloat32, {100}, Fill::kNormal, 21);
+  for (double bound : {1e30, 0x1p126, 0x1p127, 1e300, 1e308, std::numeric_limits<double>::max()}) {
+    const Compressed z = compress(t, bound);
+    ACTZIP_REQUIRE(z.status.ok(), "%s", z.status.message.c_str());
+    actzip::StreamInfo info;
+    ACTZIP_REQUIRE(actzip::read_info(z.stream.data(), z.stream.size(), &info).ok(), "read_info");
+    const int want = std::min(127, std::ilogb(bound) + 1);  // floor(log2(2 * bound)), no overflow
+    ACTZIP_CHECK(info.step_exp == want, "bound %g: step_exp %d, the format says %d", bound, info.step_exp, want);
+  }
+}
+
+}  // namespace

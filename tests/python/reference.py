@@ -1,0 +1,487 @@
+"""A NumPy reference of the actzip stream format, written from docs/FORMAT.md alone.
+
+It knows nothing of the C++ code: it quantizes and classifies elements (section 3), maps
+codes to prediction values and symbols (sections 3 and 4), and reads and decodes a whole
+stream (sections 1, 2, 5 and 7, the code section's lanes included) with plain, slow Python. The tests compare actzip's streams
+and decoded tensors with it bit for bit.
+
+Elements are handled as their bit patterns (``uint32`` for float32, ``uint16`` for float16
+and bfloat16), because numpy has no bfloat16 and comparisons must be bit-exact.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+from dataclasses import dataclass, field
+from typing import Dict, List, Tuple
+
+import numpy as np
+
+FLOAT32, FLOAT16, BFLOAT16 = 1, 2, 3
+ELEM_SIZE = {FLOAT32: 4, FLOAT16: 2, BFLOAT16: 2}
+BITS_DTYPE = {FLOAT32: np.uint32, FLOAT16: np.uint16, BFLOAT16: np.uint16}
+SIGN_BIT = {FLOAT32: 1 << 31, FLOAT16: 1 << 15, BFLOAT16: 1 << 15}
+
+MAGIC = b"AZIP"
+FORMAT_VERSION = 1
+CHUNK_ELEMS = 16384
+MAX_Q = 2**23 - 2     # largest |q| the encoder codes
+MAX_CODE = 2**23 - 1  # largest |c| a decoder accepts
+MAX_CODE_LEN = 12
+LANES = 4  # the code section's interleaved bit streams
+
+ZERO, CODED, OUTLIER = 0, 1, 2
+KIND_RAW, KIND_CODED, KIND_ZERO = 0, 1, 2
+
+
+class FormatError(ValueError):
+    """The stream breaks a rule of docs/FORMAT.md."""
+
+
+def pad8(n: int) -> int:
+    return (n + 7) // 8 * 8
+
+
+# ---- section 3: quantization ---------------------------------------------------------------
+
+
+def step_exp_for(error_bound: float) -> int:
+    """clamp(floor(log2(2 * error_bound)), -149, 127), exactly (no overflow, no log)."""
+    _, e = math.frexp(error_bound)  # error_bound = m * 2^e, m in [0.5, 1): 2 * error_bound in [2^e, 2^(e+1))
+    return max(-149, min(127, e))
+
+
+def to_float64(bits: np.ndarray, dtype: int) -> np.ndarray:
+    """The elements' values, widened exactly to binary64 (a signalling NaN comes out quiet)."""
+    with np.errstate(invalid="ignore"):
+        if dtype == FLOAT32:
+            return bits.astype(np.uint32).view(np.float32).astype(np.float64)
+        if dtype == FLOAT16:
+            return bits.astype(np.uint16).view(np.float16).astype(np.float64)
+        return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32).astype(np.float64)
+
+
+def float32_to_dtype_bits(r: np.ndarray, dtype: int) -> np.ndarray:
+    """Rounds binary32 values to the dtype with round-to-nearest-even; returns the bits."""
+    r = np.asarray(r, dtype=np.float32)
+    if dtype == FLOAT32:
+        return r.view(np.uint32).copy()
+    if dtype == FLOAT16:
+        with np.errstate(over="ignore"):
+            return r.astype(np.float16).view(np.uint16)  # numpy's conversion is IEEE RNE
+    # bfloat16 is binary32 cut to its top 16 bits: the two neighbours of r are the cut value
+    # and the next one up in magnitude; the cut-off 16 bits say which is nearer.
+    bits = r.view(np.uint32)
+    lower = bits >> np.uint32(16)
+    rest = bits & np.uint32(0xFFFF)
+    up = (rest > 0x8000) | ((rest == 0x8000) & ((lower & np.uint32(1)) == 1))
+    return (lower + up.astype(np.uint32)).astype(np.uint16)
+
+
+def reconstruct(codes: np.ndarray, step_exp: int, dtype: int) -> np.ndarray:
+    """The dtype bits a decoder produces for signed codes c != 0 (section 3, word for word)."""
+    codes = np.asarray(codes, dtype=np.int64)
+    step = np.float32(math.ldexp(1.0, step_exp))  # exact: 2^-149 .. 2^127
+    m = np.abs(codes) - 1
+    with np.errstate(all="ignore"):  # the product may overflow or underflow, by design
+        r = np.where(m == 0, step / np.float32(4), m.astype(np.float32) * step).astype(np.float32)
+        r = np.where(codes < 0, -r, r).astype(np.float32)
+    return float32_to_dtype_bits(r, dtype)
+
+
+@dataclass
+class Classified:
+    cls: np.ndarray        # ZERO, CODED or OUTLIER per element
+    codes: np.ndarray      # signed code c of coded elements (0 elsewhere)
+    recon: np.ndarray      # dtype bits of the reconstruction of coded elements (0 elsewhere)
+    tie: np.ndarray        # x / step lies exactly halfway between two integers
+    alt_cls: np.ndarray    # the same three with the other nearest integer at a tie (the
+    alt_codes: np.ndarray  # format allows either); equal to cls, codes, recon elsewhere
+    alt_recon: np.ndarray
+
+
+def _check_codes(x, bits, dtype, error_bound, step_exp, q):
+    """Class, code and reconstruction of each element for the integers q (section 3)."""
+    finite = np.isfinite(x)
+    negative = (bits & SIGN_BIT[dtype]) != 0
+    in_range = finite & (np.abs(q) <= MAX_Q)
+    c = np.where(x > 0, q + 1, q - 1)
+    c = np.where(in_range & (x != 0), c, 1).astype(np.int64)
+    recon = reconstruct(c, step_exp, dtype)
+    xh = to_float64(recon, dtype)
+    recon_negative = (recon.astype(np.uint64) & SIGN_BIT[dtype]) != 0
+    with np.errstate(invalid="ignore"):
+        passes = (
+            in_range
+            & np.isfinite(xh)
+            & (np.abs(x - xh) <= error_bound)
+            & (xh != 0)
+            & (recon_negative == negative)
+            & (x != 0)
+        )
+    cls = np.full(bits.shape, OUTLIER, dtype=np.int8)
+    cls[passes] = CODED
+    cls[bits == 0] = ZERO  # only +0.0; -0.0 is an outlier
+    coded = cls == CODED
+    return cls, np.where(coded, c, 0), np.where(coded, recon, 0).astype(BITS_DTYPE[dtype])
+
+
+def classify(bits: np.ndarray, dtype: int, error_bound: float, step_exp: int) -> Classified:
+    """Classifies elements (given as bits) into zero, coded and outlier, with their codes.
+
+    q is x / step rounded to the nearest integer, ties to even; the ``alt_`` fields give
+    the outcome with the other nearest integer at a tie.
+    """
+    bits = np.asarray(bits).astype(np.uint64)
+    x = to_float64(bits, dtype)
+    finite = np.isfinite(x)
+    with np.errstate(invalid="ignore"):
+        y = np.where(finite, x / math.ldexp(1.0, step_exp), 0.0)  # exact: a power-of-two scaling
+    q = np.rint(y)
+    floor = np.floor(y)
+    tie = finite & (y - floor == 0.5)
+    q_alt = np.where(tie, np.where(q == floor, floor + 1, floor), q)
+    cls, codes, recon = _check_codes(x, bits, dtype, error_bound, step_exp, q)
+    alt_cls, alt_codes, alt_recon = _check_codes(x, bits, dtype, error_bound, step_exp, q_alt)
+    return Classified(cls, codes, recon, tie, alt_cls, alt_codes, alt_recon)
+
+
+# ---- sections 3 and 4: prediction values and symbols ----------------------------------------
+
+
+def u_none(codes: np.ndarray) -> np.ndarray:
+    """No prediction: u = 2(|c| - 1) + (c < 0)."""
+    codes = np.asarray(codes, dtype=np.int64)
+    return 2 * (np.abs(codes) - 1) + (codes < 0)
+
+
+def zigzag(d: np.ndarray) -> np.ndarray:
+    d = np.asarray(d, dtype=np.int64)
+    return np.where(d >= 0, 2 * d, -2 * d - 1)
+
+
+def u_lorenzo(codes: np.ndarray) -> np.ndarray:
+    """Lorenzo: u = zigzag(c - c_prev), c_prev = 0 at the chunk start."""
+    codes = np.asarray(codes, dtype=np.int64)
+    return zigzag(np.diff(codes, prepend=0))
+
+
+def symbol_of(u: int, k: int) -> Tuple[int, int]:
+    """(symbol, number of extra bits) of value u for direct_log2 = k."""
+    if u < (1 << k):
+        return u, 0
+    b = u.bit_length() - 1
+    return (1 << k) + (b - k), b
+
+
+# ---- sections 1, 2, 5, 7: reading a stream ---------------------------------------------------
+
+
+@dataclass
+class Header:
+    flags: int
+    dtype: int
+    shape: Tuple[int, ...]
+    numel: int
+    bound_mode: int
+    direct_log2: int
+    requested_bound: float
+    error_bound: float
+    step_exp: int
+    mask_lengths: List[int]
+    code_lengths: List[int]
+    chunk_end: List[int]
+    header_bytes: int
+
+
+@dataclass
+class Chunk:
+    kind: int
+    flags: int = 0
+    count: int = 0
+    coded_mask: np.ndarray = None                        # True where the element is coded
+    codes: List[int] = field(default_factory=list)       # signed codes of the coded elements
+    u: List[int] = field(default_factory=list)           # their prediction values
+    outlier_pos: List[int] = field(default_factory=list)
+    outlier_bits: List[int] = field(default_factory=list)
+    raw_bits: np.ndarray = None
+    mask_bytes: int = 0
+    code_bytes: int = 0
+    mask_bits_used: int = 0                              # bits the mask symbols took
+    code_bits_used: int = 0                              # bits of all lanes together
+
+
+def _u16(b, o):
+    return struct.unpack_from("<H", b, o)[0]
+
+
+def _u32(b, o):
+    return struct.unpack_from("<I", b, o)[0]
+
+
+def _u64(b, o):
+    return struct.unpack_from("<Q", b, o)[0]
+
+
+def _f64(b, o):
+    return struct.unpack_from("<d", b, o)[0]
+
+
+def _need(buf: bytes, pos: int, n: int, what: str):
+    if pos + n > len(buf):
+        raise FormatError(f"stream too short for {what}")
+
+
+def _read_lengths(buf: bytes, pos: int, count: int, what: str) -> List[int]:
+    _need(buf, pos, (count + 1) // 2, what)
+    lengths = []
+    for s in range(count):
+        byte = buf[pos + s // 2]
+        lengths.append(byte & 0xF if s % 2 == 0 else byte >> 4)
+    if any(n > MAX_CODE_LEN for n in lengths):
+        raise FormatError(f"{what}: code length above {MAX_CODE_LEN}")
+    if sum(2.0 ** -n for n in lengths if n) > 1.0:
+        raise FormatError(f"{what}: lengths break Kraft's inequality")
+    return lengths
+
+
+def parse_header(buf: bytes) -> Header:
+    buf = bytes(buf)
+    _need(buf, 0, 40, "the fixed header")
+    if buf[0:4] != MAGIC:
+        raise FormatError("bad magic")
+    if _u16(buf, 4) != FORMAT_VERSION:
+        raise FormatError("unknown format version")
+    flags = _u16(buf, 6)
+    if flags & ~1:
+        raise FormatError("unknown flag bits")
+    header_bytes = _u32(buf, 8)
+    if header_bytes % 8:
+        raise FormatError("header_bytes not a multiple of 8")
+    dtype, ndim, mode, k = buf[12], buf[13], buf[14], buf[15]
+    if dtype not in (FLOAT32, FLOAT16, BFLOAT16):
+        raise FormatError("unknown dtype")
+    if ndim > 8:
+        raise FormatError("ndim above 8")
+    if mode > 1:
+        raise FormatError("unknown bound mode")
+    if k > 10:
+        raise FormatError("direct_log2 above 10")
+    requested, error_bound = _f64(buf, 16), _f64(buf, 24)
+    for v in (requested, error_bound):
+        if not (math.isfinite(v) and v > 0):
+            raise FormatError("bound not finite and positive")
+    step_exp = struct.unpack_from("<i", buf, 32)[0]
+    if step_exp != step_exp_for(error_bound):
+        raise FormatError("step_exp does not match error_bound")
+    if _u32(buf, 36) != CHUNK_ELEMS:
+        raise FormatError("chunk_elems is not 16384")
+    pos = 40
+    _need(buf, pos, 8 * ndim, "the shape")
+    shape = tuple(_u64(buf, pos + 8 * i) for i in range(ndim))
+    pos += 8 * ndim
+    numel = math.prod(shape)
+    if numel >= 2**48:
+        raise FormatError("2^48 elements or more")
+    _need(buf, pos, 2, "mask_symbols")
+    mask_symbols = _u16(buf, pos)
+    pos += 2
+    if mask_symbols > 256:
+        raise FormatError("more than 256 mask symbols")
+    mask_lengths = _read_lengths(buf, pos, mask_symbols, "mask codebook")
+    pos += (mask_symbols + 1) // 2
+    _need(buf, pos, 2, "code_symbols")
+    code_symbols = _u16(buf, pos)
+    pos += 2
+    if code_symbols > (1 << k) + 25 - k:
+        raise FormatError("too many code symbols")
+    code_lengths = _read_lengths(buf, pos, code_symbols, "code codebook")
+    pos += (code_symbols + 1) // 2
+    _need(buf, pos, pad8(pos) - pos, "padding")
+    if any(buf[pos:pad8(pos)]):
+        raise FormatError("non-zero header padding")
+    pos = pad8(pos)
+    num_chunks = -(-numel // CHUNK_ELEMS)
+    _need(buf, pos, 8 * num_chunks + 8, "the chunk table")
+    chunk_end = [_u64(buf, pos + 8 * c) for c in range(num_chunks)]
+    pos += 8 * num_chunks
+    prev = 0
+    for end in chunk_end:
+        if end % 8 or end < prev:
+            raise FormatError("bad chunk_end")
+        prev = end
+    if _u32(buf, pos) != zlib.crc32(buf[:pos]):
+        raise FormatError("header checksum mismatch")
+    if _u32(buf, pos + 4) != 0:
+        raise FormatError("non-zero padding after the header checksum")
+    if header_bytes != pos + 8:
+        raise FormatError("header_bytes does not match the header")
+    payload = chunk_end[-1] if chunk_end else 0
+    if len(buf) != header_bytes + payload + (4 if flags & 1 else 0):
+        raise FormatError("stream length does not add up")
+    if flags & 1 and _u32(buf, header_bytes + payload) != zlib.crc32(buf[header_bytes:header_bytes + payload]):
+        raise FormatError("payload checksum mismatch")
+    return Header(flags, dtype, shape, numel, mode, k, requested, error_bound, step_exp, mask_lengths, code_lengths,
+                  chunk_end, header_bytes)
+
+
+def canonical_codes(lengths: List[int]) -> Dict[Tuple[int, int], int]:
+    """(length, code) -> symbol for the canonical code of section 5."""
+    order = sorted((n, s) for s, n in enumerate(lengths) if n)
+    table = {}
+    code, prev_len = 0, 0
+    for i, (n, s) in enumerate(order):
+        code = 0 if i == 0 else (code + 1) << (n - prev_len)
+        table[(n, code)] = s
+        prev_len = n
+    return table
+
+
+class BitReader:
+    """Bits of a section, least significant bit of each byte first."""
+
+    def __init__(self, section: bytes):
+        self.bits = np.unpackbits(np.frombuffer(section, dtype=np.uint8), bitorder="little").tolist()
+        self.pos = 0
+
+    def bit(self) -> int:
+        if self.pos >= len(self.bits):
+            raise FormatError("symbols run past the section")
+        b = self.bits[self.pos]
+        self.pos += 1
+        return b
+
+    def symbol(self, table: Dict[Tuple[int, int], int]) -> int:
+        code = 0
+        for n in range(1, MAX_CODE_LEN + 1):
+            code = (code << 1) | self.bit()  # a code's first bit is its most significant
+            if (n, code) in table:
+                return table[(n, code)]
+        raise FormatError("bit pattern matches no code")
+
+    def integer(self, nbits: int) -> int:
+        return sum(self.bit() << i for i in range(nbits))
+
+
+def _chunk(buf: bytes, h: Header, c: int, mask_table, code_table) -> Chunk:
+    es = ELEM_SIZE[h.dtype]
+    start = h.header_bytes + (h.chunk_end[c - 1] if c else 0)
+    span = h.header_bytes + h.chunk_end[c] - start
+    count = min(CHUNK_ELEMS, h.numel - c * CHUNK_ELEMS)
+    if span < 16:
+        raise FormatError("chunk shorter than its header")
+    kind, flags = buf[start], buf[start + 1]
+    reserved, outliers = _u16(buf, start + 2), _u32(buf, start + 4)
+    mask_bytes, code_bytes = _u32(buf, start + 8), _u32(buf, start + 12)
+    if reserved:
+        raise FormatError("non-zero reserved field")
+    body = start + 16
+    if kind == KIND_ZERO or kind == KIND_RAW:
+        if flags or outliers or mask_bytes or code_bytes:
+            raise FormatError("raw or zero chunk with non-zero fields")
+        if kind == KIND_ZERO:
+            if span != 16:
+                raise FormatError("zero chunk length")
+            return Chunk(KIND_ZERO, count=count)
+        if span != 16 + pad8(es * count):
+            raise FormatError("raw chunk length")
+        raw = np.frombuffer(buf, dtype=BITS_DTYPE[h.dtype], count=count, offset=body)
+        return Chunk(KIND_RAW, count=count, raw_bits=raw.copy())
+    if kind != KIND_CODED:
+        raise FormatError("unknown chunk kind")
+    if flags & ~3:
+        raise FormatError("unknown chunk flags")
+    has_mask, lorenzo = bool(flags & 2), bool(flags & 1)
+    if outliers > count or mask_bytes % 8 or code_bytes % 8:
+        raise FormatError("chunk header fields out of range")
+    if not has_mask and (mask_bytes or outliers):
+        raise FormatError("chunk without a mask has a mask section or outliers")
+    if span != 16 + mask_bytes + code_bytes + pad8(2 * outliers) + pad8(es * outliers):
+        raise FormatError("chunk length does not match the chunk table")
+    ch = Chunk(KIND_CODED, flags=flags, count=count, mask_bytes=mask_bytes, code_bytes=code_bytes)
+    if has_mask:
+        r = BitReader(buf[body:body + mask_bytes])
+        mask = bytes(r.symbol(mask_table) for _ in range((count + 7) // 8))
+        ch.mask_bits_used = r.pos
+        coded = np.unpackbits(np.frombuffer(mask, dtype=np.uint8), bitorder="little").astype(bool)
+        if coded[count:].any():
+            raise FormatError("mask bits set past the last element")
+        coded = coded[:count]
+    else:
+        coded = np.ones(count, dtype=bool)
+    ch.coded_mask = coded
+    n_coded = int(coded.sum())
+    section = buf[body + mask_bytes:body + mask_bytes + code_bytes]
+    u_values = [0] * n_coded
+    if n_coded == 0:
+        if code_bytes:
+            raise FormatError("code section present without coded elements")
+    else:
+        if code_bytes < 4 * LANES:
+            raise FormatError("code section shorter than its lane table")
+        lane_bytes = [_u32(section, 4 * lane) for lane in range(LANES)]
+        if any(n % 8 for n in lane_bytes) or 4 * LANES + sum(lane_bytes) != code_bytes:
+            raise FormatError("lane lengths do not add up to the code section")
+        k = h.direct_log2
+        at = 4 * LANES
+        for lane in range(LANES):
+            r = BitReader(section[at:at + lane_bytes[lane]])
+            at += lane_bytes[lane]
+            for t in range(lane, n_coded, LANES):  # coded element t is in lane t mod 4
+                sym = r.symbol(code_table)
+                if sym < (1 << k):
+                    u_values[t] = sym
+                else:
+                    b = sym - (1 << k) + k
+                    u_values[t] = (1 << b) + r.integer(b)
+            ch.code_bits_used += r.pos
+    prev = 0
+    for u in u_values:
+        if lorenzo:
+            d = u >> 1 if u % 2 == 0 else -(u >> 1) - 1
+            cv = prev + d
+        else:
+            cv = (u >> 1) + 1
+            cv = -cv if u % 2 else cv
+        if cv == 0 or abs(cv) > MAX_CODE:
+            raise FormatError("decoded code out of range")
+        prev = cv
+        ch.u.append(u)
+        ch.codes.append(cv)
+    pos_at = body + mask_bytes + code_bytes
+    val_at = pos_at + pad8(2 * outliers)
+    last = -1
+    for o in range(outliers):
+        i = _u16(buf, pos_at + 2 * o)
+        if i <= last or i >= count or coded[i]:
+            raise FormatError("bad outlier position")
+        last = i
+        ch.outlier_pos.append(i)
+        ch.outlier_bits.append(int.from_bytes(buf[val_at + es * o:val_at + es * (o + 1)], "little"))
+    return ch
+
+
+def read_stream(buf: bytes) -> Tuple[Header, List[Chunk]]:
+    """Parses and checks a whole stream; raises FormatError on any broken rule."""
+    buf = bytes(buf)
+    h = parse_header(buf)
+    mask_table = canonical_codes(h.mask_lengths)
+    code_table = canonical_codes(h.code_lengths)
+    chunks = [_chunk(buf, h, c, mask_table, code_table) for c in range(len(h.chunk_end))]
+    return h, chunks
+
+
+def decode(buf: bytes) -> Tuple[Header, np.ndarray]:
+    """Decodes a stream to the elements' bits (flat, C order)."""
+    h, chunks = read_stream(buf)
+    out = np.zeros(h.numel, dtype=BITS_DTYPE[h.dtype])
+    for c, ch in enumerate(chunks):
+        view = out[c * CHUNK_ELEMS:c * CHUNK_ELEMS + ch.count]
+        if ch.kind == KIND_RAW:
+            view[:] = ch.raw_bits
+        elif ch.kind == KIND_CODED:
+            view[ch.coded_mask] = reconstruct(np.array(ch.codes, dtype=np.int64), h.step_exp, h.dtype)
+            view[ch.outlier_pos] = np.array(ch.outlier_bits, dtype=BITS_DTYPE[h.dtype])
+    return h, out

@@ -1,0 +1,344 @@
+"""actzip.compress / actzip.decompress: round trips, the bound's promises as properties,
+CompressedTensor's attributes, and where compression must (or cannot) win."""
+
+import math
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import actzip
+from codec_util import DEVICES, DTYPES, as_float64, bits_of, check_bound, from_bits, relu_like, specials
+
+SHAPES = [(), (0,), (4, 0, 3), (1,), (7,), (13, 17), (3, 5, 7), (2, 3, 5, 7), (2, 3, 1, 5, 11), (16385,), (3, 11003)]
+MODES = ["abs", "rel"]
+
+
+def _sample(shape, dtype, seed=0, scale=10.0):
+    """Normal values with exact zeros and one of each special value where there is room."""
+    g = torch.Generator().manual_seed(seed)
+    n = math.prod(shape)
+    x = torch.randn(n, generator=g, dtype=torch.float64) * scale
+    x[::5] = 0.0
+    sp = specials(torch.float64)
+    if n >= 3 * sp.numel():
+        x[1 : 1 + 3 * sp.numel() : 3] = sp
+    return x.to(dtype).reshape(shape)
+
+
+def expected_bound(x, bound, mode):
+    """The absolute bound the stream must honour: the bound itself, or bound x the range of
+    the finite values (for a constant tensor its magnitude, with none finite and non-zero: 1)."""
+    if mode == "abs":
+        return bound
+    v = as_float64(x)
+    v = v[np.isfinite(v)]
+    rng = float(v.max() - v.min()) if v.size else 0.0
+    if rng == 0:
+        rng = float(np.abs(v).max()) if v.size else 0.0
+    if rng == 0:
+        rng = 1.0
+    return bound * rng
+
+
+# ---- round trips ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_round_trip_keeps_shape_dtype_and_the_bound(dtype, shape, mode):
+    x = _sample(shape, dtype, seed=len(shape))
+    ct = actzip.compress(x, 1e-3, mode=mode)
+    y = actzip.decompress(ct)
+    assert isinstance(y, torch.Tensor) and y.shape == x.shape and y.dtype == dtype and y.device == x.device
+    assert ct.shape == x.shape and ct.dtype == dtype and ct.numel == x.numel()
+    assert ct.error_bound == pytest.approx(expected_bound(x, 1e-3, mode), rel=1e-15)
+    check_bound(x, y, ct.error_bound)
+
+
+@pytest.mark.parametrize("shape", [(), (0,), (7,), (5, 3), (16385,)], ids=str)
+@pytest.mark.parametrize("np_dtype", [np.float32, np.float16])
+def test_numpy_array_in_gives_numpy_array_out(np_dtype, shape):
+    x = _sample(shape, torch.float32, seed=3).numpy().astype(np_dtype)
+    ct = actzip.compress(x, 1e-2)
+    y = actzip.decompress(ct)
+    assert isinstance(y, np.ndarray) and y.dtype == np_dtype and y.shape == x.shape
+    check_bound(x, y, 1e-2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_non_contiguous_input_is_copied_and_compressed(dtype):
+    base = _sample((40, 60), dtype, seed=4)
+    for view in (base.t(), base[:, ::3], base[::2, 1::2], base.t()[5:, :7]):
+        assert not view.is_contiguous()
+        y = actzip.decompress(actzip.compress(view, 1e-3))
+        assert y.shape == view.shape
+        check_bound(view, y, 1e-3)
+    arr = _sample((40, 60), torch.float32, seed=5).numpy()
+    for view in (arr.T, arr[:, ::3], arr[::-1]):
+        y = actzip.decompress(actzip.compress(view, 1e-3))
+        assert isinstance(y, np.ndarray) and y.shape == view.shape
+        check_bound(view, y, 1e-3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_decompress_into_out_fills_and_returns_it(dtype):
+    x = _sample((30, 70), dtype, seed=6)
+    ct = actzip.compress(x, 1e-2)
+    out = torch.full((30, 70), 7.0, dtype=dtype)
+    assert actzip.decompress(ct, out=out) is out
+    assert torch.equal(bits_as_tensor(out), bits_as_tensor(actzip.decompress(ct)))
+    check_bound(x, out, 1e-2)
+    # A non-contiguous out is filled through a copy.
+    strided = torch.zeros(70, 30, dtype=dtype).t()
+    assert actzip.decompress(ct, out=strided) is strided
+    check_bound(x, strided, 1e-2)
+
+
+def bits_as_tensor(t):
+    return torch.from_numpy(bits_of(t).astype(np.int64))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_decompress_places_the_tensor_on_the_requested_device(device):
+    x = _sample((100,), torch.float32, seed=7)
+    ct = actzip.compress(x, 1e-3)
+    y = actzip.decompress(ct, device=device)
+    assert y.device.type == device
+    check_bound(x, y.cpu(), 1e-3)
+    # A numpy array decodes to a tensor when a device is asked for.
+    y = actzip.decompress(actzip.compress(x.numpy(), 1e-3), device=torch.device(device))
+    assert isinstance(y, torch.Tensor) and y.device.type == device
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_tensor_decodes_on_the_device_it_came_from(device):
+    x = _sample((1000,), torch.float16, seed=8).to(device)
+    ct = actzip.compress(x, 1e-2)
+    assert ct.device.type == device
+    y = actzip.decompress(ct)
+    assert y.device.type == device
+    check_bound(x.cpu(), y.cpu(), 1e-2)
+
+
+# ---- CompressedTensor's attributes ---------------------------------------------------------
+
+
+def test_compressed_tensor_attributes_describe_the_stream():
+    x = relu_like(40000, seed=9).reshape(8, 5000)
+    ct = actzip.compress(x, 1e-2, mode="rel", checksum=True)
+    stream = ct.to_bytes()
+    assert ct.nbytes == len(stream) == ct.data.numel()
+    assert ct.data.dtype == torch.uint8 and ct.data.dim() == 1
+    assert ct.raw_nbytes == x.numel() * 4
+    assert ct.ratio == ct.raw_nbytes / ct.nbytes
+    assert ct.shape == torch.Size([8, 5000]) and isinstance(ct.shape, torch.Size)
+    assert ct.dtype == torch.float32 and ct.mode == "rel" and ct.requested_bound == 1e-2
+    assert ct.error_bound == 1e-2 * (float(x.max()) - float(x.min()))
+    assert sum(ct.stats[k] for k in ("zeros", "coded", "outliers")) == x.numel()
+    assert "CompressedTensor(" in repr(ct)
+    parsed = actzip.CompressedTensor.from_bytes(stream)
+    assert parsed.shape == ct.shape and parsed.error_bound == ct.error_bound and parsed.stats is None
+    assert parsed.mode == "rel" and parsed.requested_bound == 1e-2
+    abs_ct = actzip.compress(x, 0.25)
+    assert abs_ct.error_bound == 0.25 and abs_ct.mode == "abs"
+
+
+@pytest.mark.parametrize("numpy_in", [False, True])
+def test_pickled_compressed_tensor_round_trips(numpy_in):
+    x = _sample((33, 21), torch.float32, seed=10)
+    ct = actzip.compress(x.numpy() if numpy_in else x, 1e-3)
+    back = pickle.loads(pickle.dumps(ct))
+    assert back.to_bytes() == ct.to_bytes()
+    assert back.shape == ct.shape and back.dtype == ct.dtype and back.error_bound == ct.error_bound
+    assert back.device == ct.device
+    y0, y1 = actzip.decompress(ct), actzip.decompress(back)
+    assert type(y0) is type(y1)
+    assert np.array_equal(bits_of(y0), bits_of(y1))
+
+
+# ---- the bound's promises as properties ----------------------------------------------------
+
+SPECIAL_VALUES = [0.0, -0.0, math.nan, math.inf, -math.inf, 1e-45, -1e-45, 1e-40, 1e-38, 3.4e38, -3.4e38, 65504.0,
+                  6e-8, 1.0]
+
+
+@st.composite
+def tensors(draw, max_side=7):
+    dtype = draw(st.sampled_from(DTYPES))
+    shape = draw(hnp.array_shapes(min_dims=0, max_dims=5, min_side=0, max_side=max_side))
+    scale = draw(st.sampled_from([1e-40, 1e-30, 1e-8, 1e-3, 1.0, 1e3, 1e8, 1e30, 1e37]))
+    elements = st.one_of(
+        st.floats(-1.0, 1.0, width=32).map(lambda v: v * scale),
+        st.sampled_from(SPECIAL_VALUES),
+        st.floats(width=32),
+    )
+    arr = draw(hnp.arrays(np.float64, shape, elements=elements))
+    with np.errstate(over="ignore"):
+        return torch.from_numpy(arr).to(dtype)
+
+
+bounds = st.floats(-30, 10).map(lambda e: math.pow(10.0, e))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(x=tensors(), bound=bounds, mode=st.sampled_from(MODES), checksum=st.booleans())
+def test_property_bound_zeros_signs_and_specials_hold(x, bound, mode, checksum):
+    ct = actzip.compress(x, bound, mode=mode, checksum=checksum)
+    y = actzip.decompress(ct)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    assert ct.error_bound == pytest.approx(expected_bound(x, bound, mode), rel=1e-15) or not math.isfinite(
+        expected_bound(x, bound, mode)
+    )
+    check_bound(x, y, ct.error_bound)
+    assert ct.nbytes <= actzip.compress_bound(x.numel(), x.dtype, x.dim())
+    assert actzip.CompressedTensor.from_bytes(ct.to_bytes()).to_bytes() == ct.to_bytes()
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    dtype=st.sampled_from(DTYPES),
+    n=st.integers(16385, 60000),
+    seed=st.integers(0, 2**31),
+    bound=bounds,
+    mode=st.sampled_from(MODES),
+)
+def test_property_bytes_do_not_depend_on_the_thread_count(dtype, n, seed, bound, mode):
+    x = _sample((n,), dtype, seed=seed)
+    streams, decoded = [], []
+    saved = actzip.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            actzip.set_num_threads(threads)
+            ct = actzip.compress(x, bound, mode=mode)
+            streams.append(ct.to_bytes())
+            decoded.append(bits_of(actzip.decompress(ct)))
+    finally:
+        actzip.set_num_threads(saved)
+    assert streams[0] == streams[1] == streams[2]
+    assert np.array_equal(decoded[0], decoded[1]) and np.array_equal(decoded[0], decoded[2])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(
+    "scale,bound",
+    [(1e38, 1e30), (1e30, 1e-3), (1e-38, 1e-45), (1e-45, 1e-50), (1e-40, 1e-42), (1.0, 1e-30), (1e3, 1e10)],
+)
+def test_huge_and_tiny_magnitudes_and_subnormals_keep_the_bound(dtype, scale, bound):
+    x = (torch.randn(5000, generator=torch.Generator().manual_seed(11), dtype=torch.float64) * scale).to(dtype)
+    ct = actzip.compress(x, bound)
+    check_bound(x, actzip.decompress(ct), bound)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_every_16_bit_pattern_and_a_float32_sweep_keep_the_bound(dtype):
+    width = 32 if dtype == torch.float32 else 16
+    if width == 16:
+        bits = np.arange(65536, dtype=np.uint16)
+    else:
+        bits = (np.arange(0, 2**32, 65537, dtype=np.uint64)).astype(np.uint32)
+    x = from_bits(bits, dtype)
+    for bound in (1e-30, 1e-6, 1e-2, 1.0, 1e4, 1e30):
+        ct = actzip.compress(x, bound)
+        check_bound(x, actzip.decompress(ct), bound)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("mode", MODES)
+def test_all_zeros_come_back_exact_and_tiny(dtype, mode):
+    x = torch.zeros(50000, dtype=dtype)
+    ct = actzip.compress(x, 1e-3, mode=mode)
+    y = actzip.decompress(ct)
+    assert np.array_equal(bits_of(y), bits_of(x))
+    assert ct.nbytes < 200  # zero chunks: a header and 16 bytes a chunk
+    assert ct.error_bound > 0 and math.isfinite(ct.error_bound)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("value", [1.5, -3.0, 1e-20, 6e4])
+def test_constant_tensor_keeps_the_bound_and_compresses(dtype, value):
+    x = torch.full((20000,), value, dtype=dtype)
+    for mode in MODES:
+        ct = actzip.compress(x, 1e-3, mode=mode)
+        y = actzip.decompress(ct)
+        # rel: the range of a constant tensor is 0, so the bound is taken relative to |value|.
+        assert ct.error_bound == pytest.approx(expected_bound(x, 1e-3, mode), rel=1e-15)
+        check_bound(x, y, ct.error_bound)
+        if mode == "rel" or abs(value) < 1e3:  # else |value| / step exceeds the codes' range
+            assert ct.ratio > 10
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_rel_mode_with_no_finite_values_round_trips_bit_exact(dtype):
+    for fill in (math.nan, math.inf, -math.inf):
+        x = torch.full((1000,), fill, dtype=dtype)
+        ct = actzip.compress(x, 1e-2, mode="rel")
+        assert ct.error_bound > 0 and math.isfinite(ct.error_bound)
+        assert np.array_equal(bits_of(actzip.decompress(ct)), bits_of(x))
+    mixed = torch.tensor([math.nan, math.inf, -math.inf, -0.0, 0.0] * 100, dtype=dtype)
+    ct = actzip.compress(mixed, 1e-2, mode="rel")
+    assert np.array_equal(bits_of(actzip.decompress(ct)), bits_of(mixed))
+
+
+def test_nan_payloads_and_signs_come_back_bit_exact():
+    bits = np.array([0x7FC00000, 0xFFC00000, 0x7F800001, 0xFFBFFFFF, 0x7FC12345, 0x80000000, 0x7F800000, 0xFF800000],
+                    dtype=np.uint32)
+    x = from_bits(np.tile(bits, 300), torch.float32)
+    for mode in MODES:
+        assert np.array_equal(bits_of(actzip.decompress(actzip.compress(x, 1e-3, mode=mode))), bits_of(x))
+    half = np.array([0x7E00, 0xFE00, 0x7C01, 0xFDFF, 0x8000, 0x7C00, 0xFC00], dtype=np.uint16)
+    for dtype in (torch.float16, torch.bfloat16):
+        x = from_bits(np.tile(half, 300), dtype)
+        assert np.array_equal(bits_of(actzip.decompress(actzip.compress(x, 1e-3))), bits_of(x))
+
+
+# ---- size ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: relu_like(1 << 20, seed=12).reshape(16, 256, 256),  # smooth, then clipped
+        lambda: torch.relu(torch.randn(16, 64, 32, 32, generator=torch.Generator().manual_seed(13))),  # i.i.d.
+    ],
+    ids=["smooth", "iid"],
+)
+def test_post_relu_activations_compress_more_than_six_times_at_rel_1e_2(make):
+    x = make()
+    assert 0.4 < float((x == 0).float().mean()) < 0.6
+    ct = actzip.compress(x, 1e-2, mode="rel")
+    assert ct.ratio > 6, f"ratio {ct.ratio:.2f}"
+    check_bound(x, actzip.decompress(ct), ct.error_bound)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n", [1, 100, 16384, 16385, 70000])
+def test_incompressible_data_stays_within_compress_bound(dtype, n):
+    width = 32 if dtype == torch.float32 else 16
+    bits = np.random.default_rng(n).integers(0, 2**width, n, dtype=np.uint64)
+    x = from_bits(bits.astype(np.uint32 if width == 32 else np.uint16), dtype)
+    for ndim_shape in [(n,), (1, 1, n, 1, 1, 1, 1, 1)]:
+        xs = x.reshape(ndim_shape)
+        ct = actzip.compress(xs, 1e-30, checksum=True)
+        assert ct.nbytes <= actzip.compress_bound(n, dtype, xs.dim())
+        assert np.array_equal(bits_of(actzip.decompress(ct)), bits_of(xs))
+
+
+def test_compress_bound_follows_the_format_document():
+    # docs/FORMAT.md section 6.
+    def pad8(v):
+        return (v + 7) // 8 * 8
+
+    for dtype, size in ((torch.float32, 4), (torch.float16, 2), (torch.bfloat16, 2)):
+        for n in (0, 1, 3, 16384, 16385, 10**6):
+            for ndim in (0, 1, 3, 8):
+                chunks = -(-n // 16384)
+                counts = [min(16384, n - 16384 * c) for c in range(chunks)]
+                want = pad8(40 + 8 * ndim + 2 + 128 + 2 + 520) + 8 * chunks + 8
+                want += sum(16 + pad8(size * count) for count in counts) + 4
+                assert actzip.compress_bound(n, dtype, ndim) == want

@@ -1,0 +1,169 @@
+"""Mutated and truncated streams never crash the decoder.
+
+The decoding runs in a child process, so that a crash (a signal) fails the test instead of
+killing pytest. The child's streams are a deterministic function of its seed: it reports
+the number of each stream before decoding it, and after a crash the test asks a second
+child to write that stream to a file, as the reproducer.
+"""
+
+import os
+import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import actzip
+
+GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden"
+PYTHON_DIR = Path(actzip.__file__).resolve().parents[1]
+
+# The child: decodes every mutation of every seed stream; exits 0 unless something other
+# than FormatError/ValueError was raised (a signal shows as a negative return code).
+WORKER = textwrap.dedent(
+    r"""
+    import random, struct, sys, zlib
+    from pathlib import Path
+    import actzip
+
+    out_dir = Path(sys.argv[1])
+    seeds = [p.read_bytes() for p in sorted(out_dir.glob("seed_*.azip"))]
+    rng = random.Random(int(sys.argv[2]))
+    mutations = int(sys.argv[3])
+    outcome = {"decoded": 0, "FormatError": 0, "ValueError": 0}
+
+    def fix_header_crc(s):
+        if len(s) >= 48:
+            hb = struct.unpack_from("<I", s, 8)[0]
+            if 48 <= hb <= len(s) and hb % 8 == 0:
+                struct.pack_into("<I", s, hb - 8, zlib.crc32(bytes(s[:hb - 8])))
+
+    def mutate(s):
+        s = bytearray(s)
+        for _ in range(rng.randint(1, 4)):
+            op = rng.randrange(6)
+            i = rng.randrange(len(s) + 1)
+            if op == 0 and s:
+                s[i % len(s)] ^= 1 << rng.randrange(8)               # bit flip
+            elif op == 1 and s:
+                s[i % len(s)] = rng.randrange(256)                    # byte store
+            elif op == 2:
+                s[i:i] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 9)))  # insertion
+            elif op == 3:
+                del s[i:i + rng.randint(1, 9)]                        # deletion
+            elif op == 4:
+                del s[rng.randrange(len(s) + 1):]                     # truncation
+            elif s:
+                j = rng.randrange(len(s))                             # overwrite with a run
+                s[j:j + 8] = bytes([rng.choice((0, 0xFF))]) * 8
+        if rng.random() < 0.5:
+            fix_header_crc(s)  # get past the header checksum to the checks behind it
+        return bytes(s)
+
+    def streams():
+        for seed in seeds:
+            for n in range(len(seed)):       # every truncation
+                yield seed[:n]
+        for _ in range(mutations):
+            yield mutate(rng.choice(seeds))
+        for n in range(200):                 # garbage
+            yield bytes(rng.randrange(256) for _ in range(n))
+            yield b"AZIP" + bytes(rng.randrange(256) for _ in range(n))
+
+    dump = int(sys.argv[5])  # >= 0: write stream number `dump` to last.azip, decode nothing
+    for index, data in enumerate(streams()):
+        if dump >= 0:
+            if index == dump:
+                (out_dir / "last.azip").write_bytes(data)
+                break
+            continue
+        sys.stderr.write(f"{index}\n")
+        sys.stderr.flush()
+        actzip.set_num_threads(1 if index % 8 else int(sys.argv[4]))  # some on several threads
+        try:
+            actzip.decompress(actzip.CompressedTensor.from_bytes(data))
+            outcome["decoded"] += 1
+        except actzip.FormatError:
+            outcome["FormatError"] += 1
+        except ValueError:
+            outcome["ValueError"] += 1
+    print(outcome)
+    """
+)
+
+
+def _seed_streams(folder: Path) -> None:
+    """Small streams covering every chunk kind, both predictors, masks, outliers and checksums."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(20000, generator=g)
+    relu = torch.clamp(x, min=0)
+    relu[::50] = float("nan")
+    relu[3] = -0.0
+    tensors = [
+        actzip.compress(relu, 1e-2),                                        # masks, outliers, 2 chunks
+        actzip.compress(torch.linspace(-1, 1, 3000).to(torch.float16), 1e-3),  # Lorenzo
+        actzip.compress(x[:500].to(torch.bfloat16), 0.1, checksum=True),
+        actzip.compress(torch.zeros(17000), 1e-3),                          # zero chunks
+        actzip.compress(x[:300], 1e-30),                                    # raw chunk
+    ]
+    for i, ct in enumerate(tensors):
+        (folder / f"seed_{i}.azip").write_bytes(ct.to_bytes())
+
+
+def test_mutated_and_truncated_streams_never_crash_the_decoder(tmp_path):
+    threads = 3
+    _seed_streams(tmp_path)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PYTHON_DIR), os.environ.get("PYTHONPATH", "")]))
+    def child(dump: int):
+        return subprocess.run(
+            [sys.executable, "-c", WORKER, str(tmp_path), "1234", "4000", str(threads), str(dump)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+
+    proc = child(-1)
+    if proc.returncode != 0:
+        lines = proc.stderr.splitlines()
+        numbers = [int(line) for line in lines if line.isdigit()]
+        if numbers:
+            child(numbers[-1])  # writes the stream it was decoding to last.azip
+        how = f"crashed with signal {-proc.returncode}" if proc.returncode < 0 else "failed"
+        pytest.fail(
+            f"the decoder {how} on stream {numbers[-1] if numbers else '?'}, saved as {tmp_path / 'last.azip'}\n"
+            f"stdout: {proc.stdout[-2000:]}\nstderr: {chr(10).join(l for l in lines if not l.isdigit())[-4000:]}"
+        )
+    assert "FormatError" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"", b"\0", b"hello world", b"AZIP", b"AZIP" + bytes(60), bytes(range(256)) * 3, b"\xff" * 1000],
+    ids=["empty", "one-zero", "text", "magic-only", "magic-zeros", "ramp", "ones"],
+)
+def test_from_bytes_on_garbage_raises_format_error(garbage):
+    with pytest.raises(actzip.FormatError):
+        actzip.CompressedTensor.from_bytes(garbage)
+
+
+def test_from_bytes_on_random_bytes_raises_format_error():
+    rng = random.Random(5)
+    for n in range(0, 400, 7):
+        with pytest.raises(actzip.FormatError):
+            actzip.CompressedTensor.from_bytes(bytes(rng.randrange(256) for _ in range(n)))
+        # Random bytes behind a valid magic and version still fail.
+        with pytest.raises(actzip.FormatError):
+            actzip.CompressedTensor.from_bytes(b"AZIP\x01\x00" + bytes(rng.randrange(256) for _ in range(n)))
+
+
+def test_decoding_every_truncation_of_a_stream_raises_format_error():
+    ct = actzip.compress(np.linspace(-1, 1, 5000, dtype=np.float32), 1e-3, checksum=True)
+    stream = ct.to_bytes()
+    for n in range(len(stream)):
+        with pytest.raises(actzip.FormatError):
+            actzip.CompressedTensor.from_bytes(stream[:n])

@@ -1,0 +1,78 @@
+"""Golden streams (tests/golden): known streams decode to known hashes, the same inputs
+compress to the same bytes, and must-fail streams raise FormatError.
+
+The streams and MANIFEST.json are made by tests/golden/make_golden.py.
+"""
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import actzip
+import reference as ref
+
+GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden"
+MANIFEST = json.loads((GOLDEN_DIR / "MANIFEST.json").read_text())
+
+sys.path.insert(0, str(GOLDEN_DIR))
+import make_golden  # noqa: E402  (the deterministic inputs)
+
+sys.path.remove(str(GOLDEN_DIR))
+
+
+def _sha256(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+def test_manifest_lists_every_file_in_the_golden_folder():
+    listed = {e["file"] for e in MANIFEST["golden"].values()} | {e["file"] for e in MANIFEST["must_fail"].values()}
+    assert listed == {p.name for p in GOLDEN_DIR.glob("*.azip")}
+    assert MANIFEST["format_version"] == actzip._core.FORMAT_VERSION
+
+
+@pytest.mark.parametrize("name", sorted(MANIFEST["golden"]))
+def test_golden_stream_decodes_to_its_known_hash(name):
+    entry = MANIFEST["golden"][name]
+    stream = (GOLDEN_DIR / entry["file"]).read_bytes()
+    assert _sha256(stream) == entry["stream_sha256"], "the golden file itself changed"
+    ct = actzip.CompressedTensor.from_bytes(stream)
+    assert list(ct.shape) == entry["shape"]
+    assert ct.dtype == getattr(torch, entry["dtype"])
+    decoded = actzip.decompress(ct)
+    assert _sha256(make_golden.tensor_bytes(decoded)) == entry["decoded_sha256"]
+    # The reference decoder of docs/FORMAT.md reads it the same way.
+    _, bits = ref.decode(stream)
+    assert _sha256(bits.tobytes()) == entry["decoded_sha256"]
+
+
+@pytest.mark.parametrize("name", sorted(MANIFEST["golden"]))
+def test_compressing_the_golden_input_again_gives_identical_bytes(name):
+    entry = MANIFEST["golden"][name]
+    make, bound, mode, checksum = make_golden.GOLDEN[name]
+    x = make()
+    assert _sha256(make_golden.tensor_bytes(x)) == entry["input_sha256"], "the deterministic input changed"
+    stream = actzip.compress(x, bound, mode=mode, checksum=checksum).to_bytes()
+    assert _sha256(stream) == entry["stream_sha256"], (
+        "the encoder now writes different bytes for a golden input; if its choices changed on "
+        "purpose, regenerate with tests/golden/make_golden.py (old streams must still decode)"
+    )
+
+
+@pytest.mark.parametrize("name", sorted(MANIFEST["must_fail"]))
+def test_must_fail_stream_raises_format_error(name):
+    entry = MANIFEST["must_fail"][name]
+    stream = (GOLDEN_DIR / entry["file"]).read_bytes()
+    with pytest.raises(actzip.FormatError):
+        # from_bytes validates the header, chunk headers and checksums; decompress the rest.
+        actzip.decompress(actzip.CompressedTensor.from_bytes(stream))
+    # The rule it breaks is one of the document's: the reference rejects it too.
+    with pytest.raises(ref.FormatError):
+        ref.read_stream(stream)
+
+
+def test_format_error_is_a_value_error():
+    assert issubclass(actzip.FormatError, ValueError)
