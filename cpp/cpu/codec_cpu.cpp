@@ -99,7 +99,7 @@ double fine_cost_bits(const Count* hist, uint32_t total) {
 }
 
 // How many leading elements of each chunk the sampling pass looks at.
-inline constexpr uint32_t kSampleElems = 2048;
+inline constexpr uint32_t kSampleElems = 1024;
 // Sample counts are scaled by this before every symbol gets one count, so that symbols the
 // sample missed stay codable but cost little.
 inline constexpr uint64_t kSampleWeight = 64;
@@ -185,6 +185,12 @@ struct Scratch {
 struct Books {
   int k = 0;
   HuffmanEncoder mask, code;
+  std::vector<uint32_t> code_len;  // code symbols' bit-reversed code | length << 16
+
+  void pack() {
+    code_len.resize(code.len.size());
+    for (size_t s = 0; s < code_len.size(); ++s) code_len[s] = code.code[s] | (uint32_t(code.len[s]) << 16);
+  }
 };
 
 // Encodes one chunk (whose codes are classified) into cp->bytes.
@@ -196,23 +202,49 @@ Status encode_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const B
   uint32_t* u = sc.u.data();
   uint16_t* outlier_pos = sc.outlier_pos.data();
   uint8_t* mask_bytes = sc.mask_bytes.data();
-  // Compaction: the coded elements' codes in order, the outliers' positions, the mask.
-  uint32_t coded = 0, zeros = 0, outliers = 0;
-  for (uint32_t i0 = 0; i0 < elems; i0 += 8) {
-    const uint32_t n = std::min<uint32_t>(8, elems - i0);
-    uint32_t m = 0;
-    for (uint32_t b = 0; b < n; ++b) {
-      const int32_t c = codes[i0 + b];
-      const uint32_t is_coded = (c != 0) & (c != kOutlierCode);
-      const uint32_t is_outlier = c == kOutlierCode;
-      u[coded] = uint32_t(c);
-      coded += is_coded;
-      outlier_pos[outliers] = uint16_t(i0 + b);
-      outliers += is_outlier;
-      zeros += c == 0;
-      m |= is_coded << b;
+  uint32_t zeros = 0, outliers = 0;
+  for (uint32_t i = 0; i < elems; ++i) {  // vectorizes
+    zeros += codes[i] == 0;
+    outliers += codes[i] == kOutlierCode;
+  }
+  uint32_t coded = elems - zeros - outliers;
+  if (coded == elems) {
+    // Every element coded (the common case of dense tensors): no mask, no compaction, and
+    // the prediction vectorizes.
+    if (cp->lorenzo) {
+      u[0] = zigzag(codes[0]);
+      for (uint32_t i = 1; i < elems; ++i) u[i] = zigzag(codes[i] - codes[i - 1]);
+    } else {
+      for (uint32_t i = 0; i < elems; ++i) u[i] = code_to_u(codes[i]);
     }
-    mask_bytes[i0 / 8] = uint8_t(m);
+  } else if (zeros != elems) {
+    // Compaction: the coded elements' codes in order, the outliers' positions, the mask.
+    coded = outliers = 0;
+    for (uint32_t i0 = 0; i0 < elems; i0 += 8) {
+      const uint32_t n = std::min<uint32_t>(8, elems - i0);
+      uint32_t m = 0;
+      for (uint32_t b = 0; b < n; ++b) {
+        const int32_t c = codes[i0 + b];
+        const uint32_t is_coded = (c != 0) & (c != kOutlierCode);
+        u[coded] = uint32_t(c);
+        coded += is_coded;
+        outlier_pos[outliers] = uint16_t(i0 + b);
+        outliers += c == kOutlierCode;
+        m |= is_coded << b;
+      }
+      mask_bytes[i0 / 8] = uint8_t(m);
+    }
+    // Prediction, in place: u[t] becomes the value to code.
+    if (cp->lorenzo) {
+      int32_t prev = 0;
+      for (uint32_t t = 0; t < coded; ++t) {
+        const int32_t c = int32_t(u[t]);
+        u[t] = zigzag(c - prev);
+        prev = c;
+      }
+    } else {
+      for (uint32_t t = 0; t < coded; ++t) u[t] = code_to_u(int32_t(u[t]));
+    }
   }
   cp->zeros = zeros;
   cp->outliers = outliers;
@@ -227,21 +259,9 @@ Status encode_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const B
     ch.outliers = outliers;
     const bool has_mask = coded != elems;
     ch.flags = uint8_t((has_mask ? kChunkHasMask : 0) | (cp->lorenzo ? kChunkLorenzo : 0));
-    // Prediction, in place: u[t] becomes the value to code.
-    if (cp->lorenzo) {
-      int32_t prev = 0;
-      for (uint32_t t = 0; t < coded; ++t) {
-        const int32_t c = int32_t(u[t]);
-        u[t] = zigzag(c - prev);
-        prev = c;
-      }
-    } else {
-      for (uint32_t t = 0; t < coded; ++t) u[t] = code_to_u(int32_t(u[t]));
-    }
     const int k = books.k;
     const uint32_t direct = 1u << k;
-    const uint16_t* code = books.code.code.data();
-    const uint8_t* len = books.code.len.data();
+    const uint32_t* sym_bits = books.code_len.data();
     // Coded element t goes to lane t % kCodeLanes, so a decoder follows the lanes at once.
     FastBitWriter w0(sc.code.data()), w1(sc.code.data() + kLaneStride), w2(sc.code.data() + 2 * kLaneStride),
         w3(sc.code.data() + 3 * kLaneStride);
@@ -251,7 +271,9 @@ Status encode_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const B
       const uint32_t sym = is_class ? direct + uint32_t(b - k) : v;
       const int eb = is_class ? b : 0;
       const uint64_t extra = is_class ? uint64_t(v - (1u << b)) : 0;
-      w.put(uint64_t(code[sym]) | (extra << len[sym]), len[sym] + eb);
+      const uint32_t cl = sym_bits[sym];  // code | length << 16
+      const int len = int(cl >> 16);
+      w.put(uint64_t(cl & 0xFFFFu) | (extra << len), len + eb);
     };
     uint32_t t = 0;
     for (; t + kCodeLanes <= coded; t += kCodeLanes) {  // the writers stay in registers
@@ -496,6 +518,7 @@ Status plan_compress(const void* data, DType dtype, const std::vector<uint64_t>&
   h.mask_lengths = smoothed_lengths(mask);
   if (!books.code.build(h.code_lengths) || !books.mask.build(h.mask_lengths))
     return internal("Huffman code construction failed");
+  books.pack();
 
   // Main pass: classify and encode every chunk into its own buffer.
   Status s = for_each_chunk(nchunks, opt.num_threads, [&](uint32_t c, int /*slot*/) {
