@@ -69,7 +69,7 @@ py::dict info_dict(const actzip::StreamInfo& info) {
   d["mode"] = info.mode == actzip::BoundMode::kAbs ? "abs" : "rel";
   d["requested_bound"] = info.requested_bound;
   d["error_bound"] = info.error_bound;
-  d["step_exp"] = info.step_exp;
+  d["quant_step"] = info.quant_step;
   d["payload_checksum"] = info.payload_checksum;
   d["num_chunks"] = info.num_chunks;
   d["header_bytes"] = info.header_bytes;

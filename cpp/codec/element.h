@@ -23,8 +23,6 @@ inline constexpr int32_t kMaxQ = (int32_t(1) << 23) - 2;     // largest |q| that
 inline constexpr int32_t kMaxCode = (int32_t(1) << 23) - 1;  // largest |c| a decoder accepts
 inline constexpr int kMaxDirectLog2 = 10;
 inline constexpr int kMaxExtraBits = 24;
-inline constexpr int kMinStepExp = -149;
-inline constexpr int kMaxStepExp = 127;
 
 // Number of code symbols for direct_log2 = k: 2^k direct ones, then classes b = k..24.
 ACTZIP_HD constexpr uint32_t code_alphabet(int k) { return (uint32_t(1) << k) + 25u - uint32_t(k); }
@@ -119,27 +117,22 @@ ACTZIP_HD void store_elem(void* base, uint64_t i, float v) {
 // The quantizer's constants for one stream.
 struct Quantizer {
   double error_bound;  // absolute
-  double inv_step;     // 2^-step_exp, exact in binary64
-  float step;          // 2^step_exp, exact in binary32 (subnormal below 2^-126)
+  double inv_step;     // 1 / step, rounded; the check in classify_code() covers its error
+  float step;          // at most 8 significant bits, so float(m) * step is exact for m < 2^16
   float quarter_step;  // reconstruction of |q| = 0; may be 0 for tiny steps (then never coded)
 };
 
-ACTZIP_HD float ldexp_f32_exact(int e) {
-  // 2^e for e in [-149, 127], built from bits so host and device agree exactly.
-  if (e >= -126) return bits_f32(uint32_t(e + 127) << 23);
-  return bits_f32(1u << (e + 149));
-}
-
-ACTZIP_HD Quantizer make_quantizer(double error_bound, int step_exp) {
+ACTZIP_HD Quantizer make_quantizer(double error_bound, float step) {
   Quantizer qz;
   qz.error_bound = error_bound;
-  qz.inv_step = std::ldexp(1.0, -step_exp);
-  qz.step = ldexp_f32_exact(step_exp);
-  qz.quarter_step = step_exp - 2 >= -149 ? ldexp_f32_exact(step_exp - 2) : 0.0f;
+  qz.inv_step = 1.0 / double(step);
+  qz.step = step;
+  qz.quarter_step = step * 0.25f;
   return qz;
 }
 
-// Reconstruction of signed code c != 0, in binary32 (docs/FORMAT.md section 3).
+// Reconstruction of signed code c != 0, in binary32 (docs/FORMAT.md section 3): one IEEE
+// multiply, so every backend computes the same bits.
 ACTZIP_HD float reconstruct(int32_t c, const Quantizer& qz) {
   const uint32_t m = uint32_t(c < 0 ? -c : c) - 1u;
   const float mag = m == 0 ? qz.quarter_step : float(m) * qz.step;
@@ -159,8 +152,9 @@ template <int kDType>
 ACTZIP_HD int32_t classify_code(float x, const Quantizer& qz) {
   const uint32_t xb = f32_bits(x);
   const float ax = bits_f32(xb & 0x7FFFFFFFu);
-  const double y = double(ax) * qz.inv_step;  // exact: a power-of-two scaling; NaN stays NaN
-  const bool in_range = y <= double(kMaxQ);    // false for NaN and Inf
+  const double y = double(ax) * qz.inv_step;  // NaN stays NaN
+  // round(y) <= kMaxQ (kMaxQ is even, so a tie at kMaxQ + 0.5 rounds down); false for NaN, Inf.
+  const bool in_range = y <= double(kMaxQ) + 0.5;
   const double ys = y < double(kMaxQ) ? y : double(kMaxQ);
   // Round to nearest (ties to even) without a libm call: valid for 0 <= ys < 2^51.
   const int32_t m = int32_t((ys + 6755399441055744.0) - 6755399441055744.0);

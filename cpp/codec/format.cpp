@@ -1,5 +1,6 @@
 #include "codec/format.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdarg>
 #include <cstdio>
@@ -22,14 +23,18 @@ Status format_error(const char* fmt, ...) {
   return Status{StatusCode::kFormatError, buf};
 }
 
-int step_exp_for(double error_bound) {
-  int e = 0;
-  // error_bound = m * 2^e with m in [0.5, 1), so floor(log2(2 * error_bound)) = e; taking
-  // frexp of the bound itself avoids the overflow of 2 * error_bound near DBL_MAX.
-  std::frexp(error_bound, &e);
-  if (e < kMinStepExp) e = kMinStepExp;
-  if (e > kMaxStepExp) e = kMaxStepExp;
-  return e;
+float quant_step_for(double error_bound) {
+  // 8 significant bits keep float32(m) * step exact for every |q| < 2^16 and cost at most
+  // 1/128 (0.8%) of the step; a power of two, the simplest exact choice, costs up to half the step.
+  const double kLargest = 255.0 * std::ldexp(1.0, 120);  // the largest M * 2^E below FLT_MAX
+  const double twice = 2.0 * std::min(error_bound, kLargest);
+  if (twice >= kLargest) return float(kLargest);
+  int ex = 0;
+  std::frexp(twice, &ex);  // twice = f * 2^ex with f in [0.5, 1)
+  const int e = std::max(ex - 8, -149);
+  const double m = std::floor(std::ldexp(twice, -e));  // exact: a power-of-two scaling
+  if (m < 1) return std::ldexp(1.0f, -149);
+  return float(std::ldexp(m, e));  // exact in binary32
 }
 
 uint32_t chunk_count(uint64_t numel) { return uint32_t((numel + kChunkElems - 1) / kChunkElems); }
@@ -56,6 +61,7 @@ void put_nibbles(uint8_t* p, const std::vector<uint8_t>& lengths) {
 }  // namespace
 
 void write_header(const Header& h, uint8_t* out) {
+  uint32_t step_bits = 0;
   std::memset(out, 0, h.header_bytes);
   std::memcpy(out, kMagic, 4);
   put_u16(out + 4, kFormatVersion);
@@ -67,7 +73,8 @@ void write_header(const Header& h, uint8_t* out) {
   put_u8(out + 15, uint8_t(h.direct_log2));
   put_f64(out + 16, h.requested_bound);
   put_f64(out + 24, h.error_bound);
-  put_u32(out + 32, uint32_t(int32_t(h.step_exp)));
+  std::memcpy(&step_bits, &h.quant_step, 4);
+  put_u32(out + 32, step_bits);
   put_u32(out + 36, kChunkElems);
   uint8_t* p = out + kFixedHeaderBytes;
   for (uint64_t d : h.shape) {
@@ -117,9 +124,11 @@ Status parse_header(const uint8_t* s, uint64_t size, Header* h) {
     return format_error("requested bound is not a positive finite number");
   if (!(std::isfinite(h->error_bound) && h->error_bound > 0))
     return format_error("error bound is not a positive finite number");
-  h->step_exp = int32_t(get_u32(s + 32));
-  if (h->step_exp != step_exp_for(h->error_bound))
-    return format_error("quantization step 2^%d does not match the error bound", h->step_exp);
+  const uint32_t step_bits = get_u32(s + 32);
+  std::memcpy(&h->quant_step, &step_bits, 4);
+  const float expected_step = quant_step_for(h->error_bound);
+  if (std::memcmp(&expected_step, &h->quant_step, 4) != 0)
+    return format_error("quantization step %a does not match the error bound", double(h->quant_step));
   if (get_u32(s + 36) != kChunkElems)
     return format_error("chunk size %u is not the %u elements of format version 1", get_u32(s + 36), kChunkElems);
 

@@ -27,7 +27,7 @@ struct Header {
   int direct_log2 = 0;
   double requested_bound = 0;
   double error_bound = 0;
-  int step_exp = 0;
+  float quant_step = 0;  // the quantization step
   std::vector<uint64_t> shape;
   uint64_t numel = 0;
   uint32_t num_chunks = 0;
@@ -45,8 +45,10 @@ struct ChunkHeader {
   uint32_t code_bytes = 0;
 };
 
-// floor(log2(2 * error_bound)) clamped to the range binary32 can represent.
-int step_exp_for(double error_bound);
+// The quantization step for an absolute bound (docs/FORMAT.md section 3): the largest
+// binary32 value of at most 8 significant bits, M * 2^E with M < 256 and E >= -149, that
+// does not exceed 2 * error_bound (2^-149 when 2 * error_bound is smaller still).
+float quant_step_for(double error_bound);
 
 uint32_t chunk_count(uint64_t numel);
 uint32_t chunk_elem_count(uint64_t numel, uint32_t chunk);

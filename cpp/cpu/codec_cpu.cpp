@@ -98,8 +98,12 @@ double fine_cost_bits(const Count* hist, uint32_t total) {
   return bits;
 }
 
-// How many leading elements of each chunk the sampling pass looks at.
-inline constexpr uint32_t kSampleElems = 1024;
+// The sample of a chunk: kSampleRuns runs of kSampleRun elements, spread evenly over it.
+// Runs keep the local structure prediction feeds on; spreading them avoids the bias of a
+// single block (the first rows of an attention matrix are nothing like the rest).
+inline constexpr uint32_t kSampleRun = 64;
+inline constexpr uint32_t kSampleRuns = 16;
+inline constexpr uint32_t kSampleElems = kSampleRun * kSampleRuns;
 // Sample counts are scaled by this before every symbol gets one count, so that symbols the
 // sample missed stay codable but cost little.
 inline constexpr uint64_t kSampleWeight = 64;
@@ -455,10 +459,10 @@ Status plan_compress(const void* data, DType dtype, const std::vector<uint64_t>&
     if (!std::isfinite(abs_bound)) abs_bound = std::numeric_limits<double>::max();
   }
   h.error_bound = abs_bound;
-  h.step_exp = step_exp_for(abs_bound);
-  const Quantizer qz = make_quantizer(abs_bound, h.step_exp);
+  h.quant_step = quant_step_for(abs_bound);
+  const Quantizer qz = make_quantizer(abs_bound, h.quant_step);
 
-  // Sampling pass: the first kSampleElems elements of every chunk choose its predictor and
+  // Sampling pass: kSampleElems elements of every chunk choose its predictor and
   // feed the tensor's histograms.
   impl->chunks.resize(nchunks);
   std::vector<uint64_t> fine(kFineAlphabet, 0), mask(256, 0);
@@ -469,10 +473,21 @@ Status plan_compress(const void* data, DType dtype, const std::vector<uint64_t>&
     part_mask.assign(size_t(threads), std::vector<uint64_t>(256, 0));
     Status s = for_each_chunk(nchunks, threads, [&](uint32_t c, int slot) {
       int32_t codes[kSampleElems];
-      const uint32_t n = std::min(kSampleElems, chunk_elem_count(numel, c));
-      dispatch_dtype(dtype, [&](auto dt) {
-        classify_chunk<decltype(dt)::value>(bytes, uint64_t(c) * kChunkElems, n, qz, codes);
-      });
+      const uint32_t elems = chunk_elem_count(numel, c);
+      uint32_t n = 0;
+      if (elems <= kSampleElems) {
+        n = elems;
+        dispatch_dtype(dtype, [&](auto dt) {
+          classify_chunk<decltype(dt)::value>(bytes, uint64_t(c) * kChunkElems, n, qz, codes);
+        });
+      } else {
+        const uint32_t stride = (elems / kSampleRuns) & ~7u;  // keeps mask bytes aligned
+        for (uint32_t r = 0; r < kSampleRuns; ++r, n += kSampleRun)
+          dispatch_dtype(dtype, [&](auto dt) {
+            classify_chunk<decltype(dt)::value>(bytes, uint64_t(c) * kChunkElems + r * stride, kSampleRun, qz,
+                                                codes + n);
+          });
+      }
       const size_t t = size_t(slot);
       sample_chunk(codes, n, part_fine[t].data(), part_fine[t].data() + kFineAlphabet, part_mask[t].data(),
                    &impl->chunks[c].lorenzo);
@@ -597,7 +612,7 @@ void fill_info(const Header& h, uint64_t size, StreamInfo* info) {
   info->mode = h.mode;
   info->requested_bound = h.requested_bound;
   info->error_bound = h.error_bound;
-  info->step_exp = h.step_exp;
+  info->quant_step = h.quant_step;
   info->payload_checksum = h.flags & kFlagPayloadChecksum;
   info->num_chunks = h.num_chunks;
   info->header_bytes = h.header_bytes;
@@ -776,7 +791,7 @@ Status decode_chunk(const uint8_t* payload, const Header& h, const Decoders& dec
   }
   // Codes and reconstructions.
   {
-    const Quantizer qz = make_quantizer(h.error_bound, h.step_exp);
+    const Quantizer qz = make_quantizer(h.error_bound, h.quant_step);
     uint32_t bad = 0;
     if (lorenzo) {
       int32_t prev = 0;

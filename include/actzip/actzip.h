@@ -70,7 +70,7 @@ struct StreamInfo {
   BoundMode mode = BoundMode::kAbs;
   double requested_bound = 0;  // as the caller gave it
   double error_bound = 0;      // absolute bound every finite element honours
-  int step_exp = 0;            // quantization step = 2^step_exp
+  float quant_step = 0;        // quantization step (docs/FORMAT.md section 3)
   bool payload_checksum = false;
   uint32_t num_chunks = 0;
   uint64_t header_bytes = 0;

@@ -1,6 +1,7 @@
 // Test inputs and streams made through the public API, shared by the C++ tests.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -114,6 +115,25 @@ inline actzip::Status decode(const std::vector<uint8_t>& stream, std::vector<uin
   if (!s.ok()) return s;
   out->assign(info.numel * actzip::element_size(info.dtype), 0);
   return actzip::decompress(stream.data(), stream.size(), out->data(), out->size(), threads);
+}
+
+// quant_step_for(e) of docs/FORMAT.md section 3, read literally and searched over every
+// exponent: the largest binary32 value M * 2^E, M an integer in [1, 255] and E >= -149, that
+// does not exceed 2e; 2^-149 when none does. For each E the largest M is the least of 255,
+// floor(2e / 2^E) = floor(e * 2^(1-E)) and, for M * 2^E to be a finite binary32 value (below
+// 2^128), 2^(128-E) - 1. The scaling by a power of two is exact unless it overflows (to Inf,
+// then capped) or underflows (only when the quotient is far below 1, so its floor is 0 either
+// way); working with e instead of 2e keeps bounds near DBL_MAX from overflowing.
+inline float ref_quant_step(double error_bound) {
+  double best = 0;
+  for (int exp = -149; exp <= 127; ++exp) {
+    const double fits = std::floor(std::ldexp(error_bound, 1 - exp));
+    if (fits < 1) break;  // 2^E > 2e: no larger exponent fits either
+    const double mant = std::min({255.0, fits, std::ldexp(1.0, 128 - exp) - 1});
+    best = std::max(best, std::ldexp(mant, exp));  // exact: 8 significant bits
+  }
+  if (best == 0) best = 0x1p-149;
+  return float(best);  // exact: 8 significant bits, exponent within binary32's range
 }
 
 inline uint32_t get_u32_le(const uint8_t* p) {

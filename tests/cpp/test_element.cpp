@@ -3,21 +3,26 @@
 // over dense sweeps of values and bounds, and the mapping of codes to symbols.
 //
 // The references here are written from the format document with plain binary64 arithmetic
-// (frexp, ldexp, nearbyint), not from the bit tricks of the implementation.
+// (frexp, ldexp, nearbyint) and exact integer arithmetic, not from the bit tricks of the
+// implementation; the reference step, ref_quant_step(), is in streams.h.
+#include <algorithm>
 #include <cfenv>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <random>
 #include <vector>
 
 #include "codec/element.h"
 #include "codec/format.h"
 #include "harness.h"
+#include "streams.h"
 
 namespace {
 
 using namespace actzip::detail;
+using actzip_test::ref_quant_step;
 
 constexpr int kF32 = 1, kF16 = 2, kBF16 = 3;
 
@@ -221,15 +226,127 @@ ACTZIP_TEST(store_and_load_elem_round_trip_every_dtype) {
 
 // ---- quantizer -----------------------------------------------------------------------------
 
-// clamp(floor(log2(2 * error_bound)), -149, 127), computed with ilogb (exact for any double).
-int ref_step_exp(double error_bound) {
-  int e = std::ilogb(2.0 * error_bound);
-  if (std::isinf(2.0 * error_bound)) e = 1024;
-  return e < -149 ? -149 : (e > 127 ? 127 : e);
+// The largest step, 255 * 2^120: quant_step_for() of every bound from 255 * 2^119 up.
+constexpr float kLargestStep = 0x1.fep127f;
+
+// Number of significant bits of a positive finite binary32 value, from its highest set bit to
+// its lowest (a subnormal counts from its highest set bit).
+int significant_bits(float v) {
+  int e = 0;
+  const double f = std::frexp(double(v), &e);  // v = f * 2^e, f in [0.5, 1): exact
+  uint64_t m = uint64_t(std::ldexp(f, 24));    // v has at most 24 significant bits
+  int bits = 24;
+  while (m % 2 == 0) {
+    m /= 2;
+    --bits;
+  }
+  return bits;
 }
 
-// The error bounds of the sweeps: decades from 1e-30 to 1e10, powers of two and their
-// neighbours (where floor(log2(2e)) changes), and the extremes that clamp the step.
+// Bounds for quant_step_for(): every e whose 2e is exactly M * 2^E (the step is 2e itself)
+// for M in [1, 255] and many E, with their binary64 neighbours (where M changes); 2e with 9
+// significant bits, (M + 1/2) * 2^E; powers of two over binary64's whole range (subnormals up
+// to DBL_MAX) with their neighbours; the cap and the smallest step; random bounds.
+std::vector<double> step_sweep_bounds() {
+  std::vector<double> b;
+  auto with_neighbours = [&](double v) {
+    b.push_back(v);
+    b.push_back(std::nextafter(v, 0.0));
+    if (v < std::numeric_limits<double>::max()) b.push_back(std::nextafter(v, HUGE_VAL));
+  };
+  for (int exp = -152; exp <= 123; ++exp) {
+    if (!(exp < -128 || exp > 115 || (exp >= -30 && exp <= 30) || exp % 4 == 0)) continue;
+    for (int mant = 1; mant <= 255; ++mant) {
+      with_neighbours(std::ldexp(double(mant), exp - 1));  // 2e = M * 2^E
+      b.push_back(std::ldexp(2.0 * mant + 1, exp - 2));    // 2e = (M + 1/2) * 2^E
+    }
+  }
+  for (int k = -1074; k <= 1023; ++k) with_neighbours(std::ldexp(1.0, k));
+  for (double v : {std::numeric_limits<double>::max(), std::numeric_limits<double>::min(),
+                   3 * std::numeric_limits<double>::denorm_min(), 0x1.fep126 /* 2e = the cap */, 0x1p127, 0x1p-150,
+                   0x1p-151, 0x1.fep-143 /* 2e = 255 * 2^-149 */, 0x1p-142, 0x1p-141, 1e-45, 1e-40, 1e-3, 0.1, 1e38,
+                   3.4e38, 1e300})
+    with_neighbours(v);
+  std::mt19937_64 rng(17);
+  for (int i = 0; i < 100000; ++i) {
+    // Any positive finite binary64 value (most of them clamp at one end or the other) ...
+    double any = 0;
+    const uint64_t u = rng() % 0x7FEFFFFFFFFFFFFFull + 1;  // denorm_min .. DBL_MAX
+    std::memcpy(&any, &u, 8);
+    b.push_back(any);
+    // ... and log-uniform over the exponents where the step varies.
+    b.push_back(std::ldexp(1.0 + double(rng() >> 11) * 0x1p-53, int(rng() % 290) - 160));
+  }
+  return b;
+}
+
+ACTZIP_TEST(quant_step_for_is_the_largest_8_bit_binary32_value_not_above_twice_the_bound) {
+  std::vector<double> bounds = step_sweep_bounds();
+  for (double e : bounds) {
+    const float got = quant_step_for(e);
+    const float want = ref_quant_step(e);
+    ACTZIP_CHECK(bits_of(got) == bits_of(want), "bound %a: step %a, the format says %a", e, double(got),
+                 double(want));
+    // What the definition implies, checked on the result itself: at most 8 significant bits,
+    // not above 2e (unless 2e is below the smallest step), at most the cap.
+    ACTZIP_CHECK(std::isfinite(got) && got > 0 && significant_bits(got) <= 8, "bound %a: step %a", e, double(got));
+    ACTZIP_CHECK(double(got) / 2 <= e || got == std::numeric_limits<float>::denorm_min(),
+                 "bound %a: step %a above twice the bound", e, double(got));
+    ACTZIP_CHECK(got <= kLargestStep, "bound %a: step %a above the cap", e, double(got));
+    if (actzip_test::failures_in_current_test() > 50) return;
+  }
+  // Monotone: a larger bound never gets a smaller step.
+  std::sort(bounds.begin(), bounds.end());
+  for (size_t i = 1; i < bounds.size(); ++i)
+    ACTZIP_CHECK(quant_step_for(bounds[i - 1]) <= quant_step_for(bounds[i]), "bounds %a < %a: steps %a > %a",
+                 bounds[i - 1], bounds[i], double(quant_step_for(bounds[i - 1])), double(quant_step_for(bounds[i])));
+  // Values worked by hand. 2e = 0.02 = 163.84 * 2^-13: step 163 * 2^-13. 2e = 0.002 =
+  // 131.072 * 2^-16: step 131 * 2^-16. 2e = 0.6 = 153.6 * 2^-8: step 153 * 2^-8. 2e = 1: step 1.
+  // 2e = 2^-149 * 255.5: step 255 * 2^-149. 2e below 2^-149: the smallest step, 2^-149.
+  // 2e = 2^128 and beyond (2e may not even be a binary64 value): the cap, 255 * 2^120.
+  const struct {
+    double bound;
+    float step;
+  } by_hand[] = {{1e-2, 163 * 0x1p-13f},   {1e-3, 131 * 0x1p-16f},  {0.3, 153 * 0x1p-8f},
+                 {0.5, 1.0f},              {0x1.ffp-143, 0x1.fep-142f}, {0x1p-151, 0x1p-149f},
+                 {0x1p127, kLargestStep},  {std::numeric_limits<double>::max(), kLargestStep},
+                 {std::numeric_limits<double>::denorm_min(), 0x1p-149f}};
+  for (const auto& h : by_hand)
+    ACTZIP_CHECK(bits_of(quant_step_for(h.bound)) == bits_of(h.step) && bits_of(ref_quant_step(h.bound)) == bits_of(h.step),
+                 "bound %a: step %a (reference %a), by hand %a", h.bound, double(quant_step_for(h.bound)),
+                 double(ref_quant_step(h.bound)), double(h.step));
+}
+
+// The point of an 8-bit step: it uses the bound. For 2e from 2^-142 (where M * 2^E with
+// E >= -149 first reaches 128 * 2^E) up to 2^128 (the cap), 2e (1 - 1/128) < step <= 2e,
+// so the largest rounding error, step / 2, is above 99% of the bound; below, the step falls
+// short of 2e by less than 2^-149, and from 2^128 on it is the cap.
+ACTZIP_TEST(quant_step_is_within_one_part_in_128_below_twice_the_bound) {
+  uint64_t tight = 0;
+  for (double e : step_sweep_bounds()) {
+    const double step = quant_step_for(e);
+    if (e >= 0x1p-143 && e < 0x1p127) {
+      // 2e (1 - 1/128) < step <= 2e, as (e - step/2) * 128 < e: step/2 >= e/2 is checked
+      // first, so e - step/2 is exact (Sterbenz) and so is its product by 128.
+      const double half = step / 2;
+      ACTZIP_CHECK(half <= e && half >= e / 2 && (e - half) * 128 < e, "bound %a: step %a not within 1/128 of 2e",
+                   e, step);
+      ++tight;
+    } else if (e < 0x1p-143) {
+      // 2e - step < 2^-149, as e - step/2 < 2^-150 (exact: both are multiples of 2^-1074).
+      ACTZIP_CHECK(step == 0x1p-149 ? e < 0x1p-149 : (step / 2 <= e && e - step / 2 < 0x1p-150),
+                   "bound %a: subnormal step %a", e, step);
+    } else {
+      ACTZIP_CHECK(step == double(kLargestStep), "bound %a: step %a is not the cap", e, step);
+    }
+    if (actzip_test::failures_in_current_test() > 50) return;
+  }
+  ACTZIP_CHECK(tight > 100000, "only %llu bounds in the normal range", (unsigned long long)tight);
+}
+
+// The error bounds of the quantizer sweeps: decades from 1e-30 to 1e10, powers of two and
+// their neighbours, bounds whose 2e is exactly a step (so a value halfway between two
+// multiples of the step is off by exactly e), and the extremes: the smallest step and the cap.
 std::vector<double> sweep_bounds() {
   std::vector<double> b;
   for (int d = -30; d <= 10; ++d) b.push_back(std::pow(10.0, d));
@@ -240,6 +357,11 @@ std::vector<double> sweep_bounds() {
     b.push_back(std::nextafter(p, HUGE_VAL));
     b.push_back(p * 0.75);
   }
+  for (int k : {-148, -140, -130, -120, -60, -12, -7, -1, 0, 9, 40, 100, 119}) {
+    for (double mant : {255.0, 129.0, 163.0, 255.5})
+      b.push_back(std::ldexp(mant, k - 1));  // 2e = M * 2^k (255.5: 9 bits, rounded down)
+    b.push_back(std::nextafter(std::ldexp(255.0, k - 1), 0.0));  // just below: step 254 * 2^k
+  }
   for (double x : {1e-300, 1e-60, 1e-45, 0x1p-151, 0x1p-150, 0x1p-149, 0x1p-148, 1e-40, 1e-38, 0x1p-126, 0x1p-125,
                    0.1, 0.3, 1.0 / 3.0, 1e-3, 5e-4, 1e-2, 1e4, 65504.0, 1e30, 1e38, 0x1p126, 0x1p127, 3.4e38, 1e300, 1e308})
     b.push_back(x);
@@ -247,21 +369,26 @@ std::vector<double> sweep_bounds() {
 }
 
 // What the format says about element x of a stream with this bound: the set of nearest
-// integers q of x / step (two at a tie), and whether the code c = q +- 1 passes the check.
+// integers q of |x| / step (two at a tie), and whether the code c = +-(q + 1) passes the check.
 struct SpecQuantizer {
   double error_bound;
-  int step_exp;
   int dtype;
-  float step;
+  float step;          // ref_quant_step(error_bound)
+  uint64_t step_mant;  // step = step_mant * 2^step_exp, step_mant < 2^8
+  int step_exp;
 
-  SpecQuantizer(double e, int dt) : error_bound(e), step_exp(ref_step_exp(e)), dtype(dt) {
-    step = std::ldexp(1.0f, step_exp);  // exact: 2^-149 .. 2^127
+  SpecQuantizer(double e, int dt) : error_bound(e), dtype(dt), step(ref_quant_step(e)) {
+    int ex = 0;
+    const double f = std::frexp(double(step), &ex);  // step = f * 2^ex, f in [0.5, 1)
+    step_mant = uint64_t(std::ldexp(f, 8));          // exact: the step has 8 significant bits
+    step_exp = ex - 8;
   }
 
-  // The dtype value a decoder produces for code c (section 3, word for word).
+  // The dtype value a decoder produces for code c (section 3, word for word: binary32
+  // multiplies, then rounding to the dtype).
   float reconstruct(int32_t c) const {
     const uint32_t m = uint32_t(c < 0 ? -int64_t(c) : int64_t(c)) - 1u;
-    const float r = m == 0 ? step / 4.0f : float(m) * step;
+    const float r = m == 0 ? step * 0.25f : float(m) * step;
     return ref_round_to_dtype(c < 0 ? -r : r, dtype);
   }
 
@@ -271,26 +398,39 @@ struct SpecQuantizer {
            std::signbit(xh) == std::signbit(x);
   }
 
-  // Nearest integers of x / step; empty when they are far out of the codable range.
-  int nearest(float x, int64_t q[2]) const {
-    const double y = std::ldexp(double(x), -step_exp);  // exact
-    if (!(std::fabs(y) < 0x1p40)) return 0;
-    const double fl = std::floor(y);
-    const double frac = y - fl;
-    if (frac < 0.5) {
-      q[0] = int64_t(fl);
+  // Nearest integers of |x| / step, in exact integer arithmetic: with |x| = X * 2^a (X < 2^24)
+  // and step = M * 2^E (M < 2^8), |x| / step = N / D with N = X * 2^(a-E), D = M when
+  // a >= E, and N = X, D = M * 2^(E-a) otherwise; the remainder of N / D says which integers
+  // are nearest, ties exactly. (Dividing in floating point would round the quotient, and a
+  // quotient rounded onto or off a half-integer names the wrong neighbour.) Returns 0 when
+  // |x| / step is above 2^40, far out of the codable range; x must be finite and non-zero.
+  int nearest(float x, uint64_t q[2]) const {
+    int ex = 0;
+    const double f = std::frexp(std::fabs(double(x)), &ex);
+    const uint64_t mant = uint64_t(std::ldexp(f, 24));  // in [2^23, 2^24), exact: 24 bits at most
+    const int shift = (ex - 24) - step_exp;
+    if (shift > 24) return 0;  // |x| / step >= 2^23 * 2^25 / 255 > 2^40
+    if (shift < -40) {         // |x| / step < 2^24 / 2^40: 0 is the only nearest integer
+      q[0] = 0;
       return 1;
     }
-    if (frac > 0.5) {
-      q[0] = int64_t(fl) + 1;
+    const uint64_t num = shift >= 0 ? mant << shift : mant;                    // < 2^48
+    const uint64_t den = shift >= 0 ? step_mant : step_mant << (-shift);      // < 2^48
+    const uint64_t fl = num / den, rem = num % den;
+    if (2 * rem < den) {
+      q[0] = fl;
       return 1;
     }
-    q[0] = int64_t(fl);
-    q[1] = int64_t(fl) + 1;
+    if (2 * rem > den) {
+      q[0] = fl + 1;
+      return 1;
+    }
+    q[0] = fl;
+    q[1] = fl + 1;
     return 2;
   }
 
-  static int32_t code_of(float x, int64_t q) { return int32_t(x > 0 ? q + 1 : q - 1); }
+  static int32_t code_of(float x, uint64_t q) { return int32_t(x > 0 ? int64_t(q) + 1 : -int64_t(q) - 1); }
 };
 
 struct SweepCounts {
@@ -298,9 +438,16 @@ struct SweepCounts {
 };
 
 // Checks classify() on x against the format: zeros and specials by rule; a coded element's
-// code comes from a nearest integer and its reconstruction is within the bound, non-zero and
-// same-signed (and equal to the reference reconstruction); an outlier is one that the format
-// would not code.
+// code comes from a nearest integer of x / step (judged exactly, see nearest()) and its
+// reconstruction is within the bound, non-zero and same-signed (and equal to the reference
+// reconstruction); an outlier is one that the format would not code with some nearest integer.
+//
+// The encoder multiplies by a rounded 1 / step, so its quotient is within (|x| / step) * 2^-51
+// of the exact one (two roundings). That never names a farther integer: |x| / step = N / D
+// (see nearest()) is either a half-integer or at least 1 / (2D) away from one, which is at
+// least 1/510 when D = M, and at least (|x| / step) * 2^-25 when N = X < 2^24; both are far
+// more than that error for every quotient below 2^24. At an exact tie either neighbour is a
+// nearest integer, and the checks below accept both.
 template <int kDT>
 void check_element(float x, const SpecQuantizer& spec, const Quantizer& qz, SweepCounts* counts) {
   int32_t c = 0;
@@ -318,7 +465,7 @@ void check_element(float x, const SpecQuantizer& spec, const Quantizer& qz, Swee
     return;
   }
   ACTZIP_CHECK(cls != kZero, "non-zero 0x%08x classified zero (bound %a)", xb, e);
-  int64_t q[2];
+  uint64_t q[2];
   const int nq = spec.nearest(x, q);
   if (cls == kCoded) {
     ++counts->coded;
@@ -331,18 +478,18 @@ void check_element(float x, const SpecQuantizer& spec, const Quantizer& qz, Swee
     // Same value as the format's reconstruction, bit for bit.
     ACTZIP_CHECK(bits_of(xh) == bits_of(spec.reconstruct(c)), "x=%a code %d: library %a, format %a", double(x), c,
                  double(xh), double(spec.reconstruct(c)));
-    const int64_t qi = x > 0 ? int64_t(c) - 1 : int64_t(c) + 1;
     ACTZIP_CHECK((x > 0) == (c > 0), "x=%a got code %d of the wrong sign", double(x), c);
+    const uint64_t qi = uint64_t(c < 0 ? -int64_t(c) : int64_t(c)) - 1;
     ACTZIP_CHECK(nq >= 1 && (qi == q[0] || (nq == 2 && qi == q[1])),
-                 "x=%a step 2^%d: code %d is not from a nearest integer of x/step", double(x), spec.step_exp, c);
-    ACTZIP_CHECK(qi <= kMaxQ && qi >= -kMaxQ, "x=%a: |q| = %lld above 2^23-2", double(x), (long long)qi);
+                 "x=%a step %a: code %d is not from a nearest integer of x/step", double(x), double(spec.step), c);
+    ACTZIP_CHECK(qi <= uint64_t(kMaxQ), "x=%a: |q| = %llu above 2^23-2", double(x), (unsigned long long)qi);
   } else {
     ++counts->outliers;
     bool format_rejects = nq == 0;
     for (int i = 0; i < nq; ++i)
-      format_rejects |= q[i] > kMaxQ || q[i] < -kMaxQ || !spec.accepts(x, SpecQuantizer::code_of(x, q[i]));
-    ACTZIP_CHECK(format_rejects, "x=%a (dtype %d, bound %a, step 2^%d) is an outlier although code %d passes",
-                 double(x), kDT, e, spec.step_exp, nq ? SpecQuantizer::code_of(x, q[0]) : 0);
+      format_rejects |= q[i] > uint64_t(kMaxQ) || !spec.accepts(x, SpecQuantizer::code_of(x, q[i]));
+    ACTZIP_CHECK(format_rejects, "x=%a (dtype %d, bound %a, step %a) is an outlier although code %d passes",
+                 double(x), kDT, e, double(spec.step), nq ? SpecQuantizer::code_of(x, q[0]) : 0);
   }
 }
 
@@ -366,20 +513,18 @@ void for_bin_edges(float step, Visit visit) {
   }
 }
 
-ACTZIP_TEST(step_exp_for_is_clamped_floor_log2_of_twice_the_bound) {
+ACTZIP_TEST(make_quantizer_holds_the_step_its_reciprocal_and_its_quarter) {
   for (double e : sweep_bounds()) {
-    const int got = step_exp_for(e);
-    ACTZIP_CHECK(got == ref_step_exp(e), "bound %a: step 2^%d, want 2^%d", e, got, ref_step_exp(e));
-    if (got > -149 && got < 127)
-      ACTZIP_CHECK(std::ldexp(1.0, got) <= 2 * e && 2 * e < std::ldexp(1.0, got + 1), "bound %a step 2^%d", e, got);
-    const Quantizer qz = make_quantizer(e, got);
-    ACTZIP_CHECK(qz.step == std::ldexp(1.0f, got), "step of 2^%d is %a", got, double(qz.step));
-    ACTZIP_CHECK(qz.inv_step == std::ldexp(1.0, -got), "inv_step of 2^%d is %a", got, qz.inv_step);
-    ACTZIP_CHECK(qz.quarter_step == qz.step / 4.0f, "quarter step of 2^%d is %a", got, double(qz.quarter_step));
+    const float step = quant_step_for(e);
+    const Quantizer qz = make_quantizer(e, step);
+    ACTZIP_CHECK(qz.error_bound == e && bits_of(qz.step) == bits_of(step), "bound %a: step %a, want %a", e,
+                 double(qz.step), double(step));
+    // Every backend must multiply by this very value (the correctly rounded 1 / step) for the
+    // bytes not to depend on the backend.
+    ACTZIP_CHECK(qz.inv_step == 1.0 / double(step), "bound %a: inv_step %a", e, qz.inv_step);
+    ACTZIP_CHECK(bits_of(qz.quarter_step) == bits_of(step * 0.25f), "bound %a: quarter step %a", e,
+                 double(qz.quarter_step));
   }
-  for (double e : {std::numeric_limits<double>::max(), std::numeric_limits<double>::denorm_min(),
-                   std::numeric_limits<double>::min()})
-    ACTZIP_CHECK(step_exp_for(e) == ref_step_exp(e), "bound %a", e);
 }
 
 ACTZIP_TEST(float32_quantizer_is_strict_over_a_sweep_of_bit_patterns_and_bounds) {
@@ -387,8 +532,8 @@ ACTZIP_TEST(float32_quantizer_is_strict_over_a_sweep_of_bit_patterns_and_bounds)
   SweepCounts counts;
   for (size_t bi = 0; bi < bounds.size(); ++bi) {
     const SpecQuantizer spec(bounds[bi], kF32);
-    // The step from the format's formula: step_exp_for() has its own test above.
-    const Quantizer qz = make_quantizer(bounds[bi], spec.step_exp);
+    // The step from the format's definition: quant_step_for() has its own test above.
+    const Quantizer qz = make_quantizer(bounds[bi], spec.step);
     // Every bit pattern, strided (a different offset per bound).
     for (uint64_t u = (bi * 7919) % 65537; u < (uint64_t(1) << 32); u += 65537)
       check_element<kF32>(float_of(uint32_t(u)), spec, qz, &counts);
@@ -416,7 +561,7 @@ void sweep_16bit_dtype() {
   for (int k = -30; k <= 20; ++k) bounds.push_back(std::ldexp(1.3, k));
   for (double e : bounds) {
     const SpecQuantizer spec(e, kDT);
-    const Quantizer qz = make_quantizer(e, spec.step_exp);
+    const Quantizer qz = make_quantizer(e, spec.step);
     for (uint32_t h = 0; h < 65536; ++h) {
       const float x = kDT == kF16 ? f16_to_f32(uint16_t(h)) : bf16_to_f32(uint16_t(h));
       check_element<kDT>(x, spec, qz, &counts);
@@ -432,7 +577,7 @@ ACTZIP_TEST(bfloat16_quantizer_is_strict_for_every_bfloat16_and_a_sweep_of_bound
 
 ACTZIP_TEST(quantizer_codes_values_within_range_and_rejects_the_rest) {
   // A plain case worked by hand: bound 0.5 gives step 1.
-  const Quantizer qz = make_quantizer(0.5, step_exp_for(0.5));
+  const Quantizer qz = make_quantizer(0.5, quant_step_for(0.5));
   ACTZIP_REQUIRE(qz.step == 1.0f, "step %a", double(qz.step));
   int32_t c = 0;
   ACTZIP_CHECK(classify<kF32>(3.2f, qz, &c) == kCoded && c == 4, "3.2 -> %d", c);
@@ -445,11 +590,41 @@ ACTZIP_TEST(quantizer_codes_values_within_range_and_rejects_the_rest) {
   ACTZIP_CHECK(classify<kF32>(0.0f, qz, &c) == kZero, "+0.0 must be a zero");
   ACTZIP_CHECK(classify<kF32>(std::numeric_limits<float>::quiet_NaN(), qz, &c) == kOutlier, "NaN");
   ACTZIP_CHECK(classify<kF32>(-HUGE_VALF, qz, &c) == kOutlier, "-Inf");
+  // A step that is not a power of two, by hand: bound 1e-2 gives step 163 * 2^-13
+  // (0.0198974609375); 1.0 / step = 50.26, so 1.0 gets q = 50 (code 51) and comes back as
+  // 50 * step = 0.994873046875, off by 0.0051 <= 0.01; 0.25 / step = 12.56: q = 13, back as
+  // 0.2586669921875.
+  const Quantizer q163 = make_quantizer(1e-2, quant_step_for(1e-2));
+  ACTZIP_REQUIRE(q163.step == 163 * 0x1p-13f, "step %a", double(q163.step));
+  ACTZIP_CHECK(classify<kF32>(1.0f, q163, &c) == kCoded && c == 51 && reconstruct(c, q163) == 0.994873046875f,
+               "1.0 -> %d", c);
+  ACTZIP_CHECK(classify<kF32>(-0.25f, q163, &c) == kCoded && c == -14 && reconstruct(c, q163) == -0.2586669921875f,
+               "-0.25 -> %d", c);
+  ACTZIP_CHECK(reconstruct(1, q163) == 163 * 0x1p-15f, "quarter step %a", double(reconstruct(1, q163)));
   // The tiniest step cannot represent step/4: values that would need code +-1 are outliers.
-  const Quantizer tiny = make_quantizer(1e-50, step_exp_for(1e-50));
+  const Quantizer tiny = make_quantizer(1e-50, quant_step_for(1e-50));
   ACTZIP_CHECK(tiny.step == std::numeric_limits<float>::denorm_min() && tiny.quarter_step == 0.0f, "tiny step");
   ACTZIP_CHECK(classify<kF32>(std::numeric_limits<float>::denorm_min(), tiny, &c) == kCoded && c == 2,
                "denorm_min at step denorm_min -> %d", c);
+}
+
+ACTZIP_TEST(values_rounding_down_to_the_largest_q_are_coded) {
+  // Section 3 bounds q = round(x / step), not x / step: a value just above (2^23 - 2) * step
+  // rounds down to the largest q and is coded if its reconstruction passes. With a step of 8
+  // significant bits such values exist in binary32 (with a power of two they did not). By
+  // hand: bound 0.625 gives step 1.25; x = 10485758 is 8388606.4 steps, so q = 2^23 - 2; the
+  // binary32 product 8388606 * 1.25 = 10485757.5 is a tie that rounds to the even 10485758:
+  // the reconstruction is x itself.
+  const Quantizer qz = make_quantizer(0.625, quant_step_for(0.625));
+  ACTZIP_REQUIRE(qz.step == 1.25f, "step %a", double(qz.step));
+  ACTZIP_REQUIRE(reconstruct(kMaxQ + 1, qz) == 10485758.0f, "reconstruction %a", double(reconstruct(kMaxQ + 1, qz)));
+  int32_t c = 0;
+  ACTZIP_CHECK(classify<kF32>(10485758.0f, qz, &c) == kCoded && c == kMaxQ + 1, "10485758 at step 1.25: class %d",
+               classify<kF32>(10485758.0f, qz, &c));
+  ACTZIP_CHECK(classify<kF32>(-10485758.0f, qz, &c) == kCoded && c == -kMaxQ - 1, "-10485758 at step 1.25: class %d",
+               classify<kF32>(-10485758.0f, qz, &c));
+  // 10485759 is 8388607.2 steps: q = 2^23 - 1 is too large, an outlier.
+  ACTZIP_CHECK(classify<kF32>(10485759.0f, qz, &c) == kOutlier, "10485759 at step 1.25 must be an outlier");
 }
 
 // ---- code values and symbols (section 4) ---------------------------------------------------

@@ -3,8 +3,10 @@
 // length: read_info(), validate() and decompress() must answer kFormatError (or, for damage
 // the format cannot see, decode without touching memory they do not own), never crash.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -202,7 +204,7 @@ ACTZIP_TEST(changed_fixed_fields_are_format_errors_even_with_a_fixed_header_crc)
     uint64_t offset, size;
   };
   const Field fields[] = {{"magic", 0, 4},        {"format_version", 4, 2}, {"flags", 6, 2},
-                          {"header_bytes", 8, 4}, {"step_exp", 32, 4},      {"chunk_elems", 36, 4}};
+                          {"header_bytes", 8, 4}, {"quant_step", 32, 4},    {"chunk_elems", 36, 4}};
   for (const Sample& s : corpus()) {
     for (const Field& f : fields)
       for (uint64_t i = f.offset; i < f.offset + f.size; ++i)
@@ -250,6 +252,64 @@ ACTZIP_TEST(changed_fixed_fields_are_format_errors_even_with_a_fixed_header_crc)
                    (unsigned long long)i);
     }
   }
+}
+
+// quant_step must be quant_step_for(error_bound) bit for bit (section 1): a header that pairs
+// a bound with its step (from the reference of section 3) is read, and every other step,
+// near (one ulp either way) or far (the old power-of-two step, zero, NaN, Inf, negative), is
+// a format error even with the header checksum fixed.
+ACTZIP_TEST(quant_step_must_equal_quant_step_for_the_error_bound) {
+  std::vector<double> bounds = {std::numeric_limits<double>::denorm_min(), std::numeric_limits<double>::min(),
+                                0x1p-151, 0x1p-150, 0x1p-149, 1e-44, 0x1.ffp-143, 0x1p-142, 1e-39, 1e-3, 1e-2, 0.3,
+                                0.5, 1e30, 0x1.fep126, 0x1p127, 1e300, std::numeric_limits<double>::max()};
+  for (int k = -150; k <= 128; k += 7)
+    for (double mant : {1.0, 3.0, 127.0, 128.0, 200.0, 255.0, 255.5, 1.3}) {
+      const double e = std::ldexp(mant, k - 1);  // 2e = mant * 2^k
+      bounds.push_back(e);
+      bounds.push_back(std::nextafter(e, 0.0));
+    }
+  std::vector<Sample> samples;
+  for (Sample& s : corpus())
+    if (s.name == "f16 normal" || s.name == "bf16 ramp 5-D") samples.push_back(s);
+  ACTZIP_REQUIRE(samples.size() == 2, "corpus samples");
+  auto with = [](std::vector<uint8_t> s, double bound, uint32_t step_bits) {
+    uint64_t u;
+    std::memcpy(&u, &bound, 8);
+    for (int k = 0; k < 8; ++k) s[24 + k] = uint8_t(u >> (8 * k));
+    put_u32_le(s.data() + 32, step_bits);
+    fix_header_crc(&s);
+    return s;
+  };
+  auto f32_bits = [](float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    return u;
+  };
+  for (const Sample& s : samples)
+    for (double e : bounds) {
+      const float step = ref_quant_step(e);
+      const std::vector<uint8_t> good = with(s.stream, e, f32_bits(step));
+      actzip::StreamInfo info;
+      const actzip::Status st = actzip::validate(good.data(), good.size(), &info);
+      ACTZIP_CHECK(st.ok() && std::memcmp(&info.quant_step, &step, 4) == 0 && info.error_bound == e,
+                   "%s: bound %a with step %a: %s", s.name.c_str(), e, double(step), st.message.c_str());
+      const Outcome o = try_all(good);
+      ACTZIP_CHECK(o.info == StatusCode::kOk && o.valid == StatusCode::kOk && o.decoded == StatusCode::kOk,
+                   "%s: bound %a with its step gave %d/%d/%d", s.name.c_str(), e, int(o.info), int(o.valid),
+                   int(o.decoded));
+      int two_e_exp = 0;
+      std::frexp(e, &two_e_exp);  // 2e in [2^k, 2^(k+1)) with k = this exponent
+      const float power_of_two = std::ldexp(1.0f, std::max(-149, std::min(127, two_e_exp)));
+      const float wrong[] = {std::nextafter(step, 0.0f), std::nextafter(step, HUGE_VALF), power_of_two, 0.0f, -step,
+                             2 * step, std::numeric_limits<float>::infinity(),
+                             std::numeric_limits<float>::quiet_NaN()};
+      for (float w : wrong) {
+        if (f32_bits(w) == f32_bits(step)) continue;  // the power of two may be the step itself
+        const Outcome bad = try_all(with(s.stream, e, f32_bits(w)));
+        ACTZIP_CHECK(all_format_errors(bad), "%s: bound %a with step %a (not %a) gave %d/%d/%d", s.name.c_str(), e,
+                     double(w), double(step), int(bad.info), int(bad.valid), int(bad.decoded));
+      }
+    }
 }
 
 // Any change to any header byte, made consistent with the header checksum, is either

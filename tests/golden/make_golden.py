@@ -186,7 +186,9 @@ def must_fail(streams: dict) -> dict:
     edit("bad_direct_log2", good, "direct_log2 must be at most 10", lambda s: s.__setitem__(15, 11))
     edit("bad_error_bound_nan", good, "error_bound must be finite and positive", lambda s: struct.pack_into("<d", s, 24, float("nan")))
     edit("bad_requested_bound_zero", good, "requested_bound must be finite and positive", lambda s: struct.pack_into("<d", s, 16, 0.0))
-    edit("bad_step_exp", good, "step_exp must equal clamp(floor(log2(2 error_bound)))", lambda s: struct.pack_into("<i", s, 32, struct.unpack_from("<i", s, 32)[0] + 1))
+    # One ulp above the right step (its binary32 bits plus one).
+    edit("bad_quant_step", good, "quant_step must equal quant_step_for(error_bound), bit for bit",
+         lambda s: struct.pack_into("<I", s, 32, struct.unpack_from("<I", s, 32)[0] + 1))
     edit("bad_chunk_elems", good, "chunk_elems must be 16384", lambda s: struct.pack_into("<I", s, 36, 8192))
     edit("bad_shape_too_large", good, "the element count must be below 2^48", lambda s: struct.pack_into("<Q", s, 40, 2**40))
 

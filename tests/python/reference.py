@@ -15,6 +15,7 @@ import math
 import struct
 import zlib
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -47,10 +48,22 @@ def pad8(n: int) -> int:
 # ---- section 3: quantization ---------------------------------------------------------------
 
 
-def step_exp_for(error_bound: float) -> int:
-    """clamp(floor(log2(2 * error_bound)), -149, 127), exactly (no overflow, no log)."""
-    _, e = math.frexp(error_bound)  # error_bound = m * 2^e, m in [0.5, 1): 2 * error_bound in [2^e, 2^(e+1))
-    return max(-149, min(127, e))
+def quant_step_for(error_bound: float) -> float:
+    """The largest binary32 value M * 2^E (M an integer in [1, 255], E >= -149) not above
+    2 * error_bound; 2^-149 if none is (section 3). Searched over every E in exact rational
+    arithmetic; "binary32 value" keeps M * 2^E below 2^128."""
+    twice = 2 * Fraction(error_bound)  # exact, even where 2 * error_bound overflows a float
+    best = Fraction(0)
+    for e in range(-149, 128):
+        fits = math.floor(twice / Fraction(2) ** e)
+        if fits < 1:
+            break  # 2^E > 2e: no larger E fits either
+        best = max(best, min(255, fits, 2 ** (128 - e) - 1) * Fraction(2) ** e)
+    if best == 0:
+        best = Fraction(2) ** -149
+    step = float(best)  # exact: 8 significant bits within binary32's range
+    assert Fraction(step) == best and Fraction(float(np.float32(step))) == best
+    return step
 
 
 def to_float64(bits: np.ndarray, dtype: int) -> np.ndarray:
@@ -80,13 +93,14 @@ def float32_to_dtype_bits(r: np.ndarray, dtype: int) -> np.ndarray:
     return (lower + up.astype(np.uint32)).astype(np.uint16)
 
 
-def reconstruct(codes: np.ndarray, step_exp: int, dtype: int) -> np.ndarray:
-    """The dtype bits a decoder produces for signed codes c != 0 (section 3, word for word)."""
+def reconstruct(codes: np.ndarray, quant_step: float, dtype: int) -> np.ndarray:
+    """The dtype bits a decoder produces for signed codes c != 0 (section 3, word for word:
+    binary32 multiplies, then rounding to the dtype)."""
     codes = np.asarray(codes, dtype=np.int64)
-    step = np.float32(math.ldexp(1.0, step_exp))  # exact: 2^-149 .. 2^127
+    step = np.float32(quant_step)  # exact: the stream's binary32 step
     m = np.abs(codes) - 1
     with np.errstate(all="ignore"):  # the product may overflow or underflow, by design
-        r = np.where(m == 0, step / np.float32(4), m.astype(np.float32) * step).astype(np.float32)
+        r = np.where(m == 0, step * np.float32(0.25), m.astype(np.float32) * step).astype(np.float32)
         r = np.where(codes < 0, -r, r).astype(np.float32)
     return float32_to_dtype_bits(r, dtype)
 
@@ -96,20 +110,20 @@ class Classified:
     cls: np.ndarray        # ZERO, CODED or OUTLIER per element
     codes: np.ndarray      # signed code c of coded elements (0 elsewhere)
     recon: np.ndarray      # dtype bits of the reconstruction of coded elements (0 elsewhere)
-    tie: np.ndarray        # x / step lies exactly halfway between two integers
+    tie: np.ndarray        # x / step lies exactly halfway between two integers (exact arithmetic)
     alt_cls: np.ndarray    # the same three with the other nearest integer at a tie (the
     alt_codes: np.ndarray  # format allows either); equal to cls, codes, recon elsewhere
     alt_recon: np.ndarray
 
 
-def _check_codes(x, bits, dtype, error_bound, step_exp, q):
+def _check_codes(x, bits, dtype, error_bound, quant_step, q):
     """Class, code and reconstruction of each element for the integers q (section 3)."""
     finite = np.isfinite(x)
     negative = (bits & SIGN_BIT[dtype]) != 0
     in_range = finite & (np.abs(q) <= MAX_Q)
     c = np.where(x > 0, q + 1, q - 1)
     c = np.where(in_range & (x != 0), c, 1).astype(np.int64)
-    recon = reconstruct(c, step_exp, dtype)
+    recon = reconstruct(c, quant_step, dtype)
     xh = to_float64(recon, dtype)
     recon_negative = (recon.astype(np.uint64) & SIGN_BIT[dtype]) != 0
     with np.errstate(invalid="ignore"):
@@ -128,7 +142,38 @@ def _check_codes(x, bits, dtype, error_bound, step_exp, q):
     return cls, np.where(coded, c, 0), np.where(coded, recon, 0).astype(BITS_DTYPE[dtype])
 
 
-def classify(bits: np.ndarray, dtype: int, error_bound: float, step_exp: int) -> Classified:
+FAR_Q = 2**40  # stands for every |x| / step beyond 2^40, far out of the codable range
+
+
+def nearest_integers(ax: np.ndarray, quant_step: float) -> Tuple[np.ndarray, np.ndarray]:
+    """(floor of the nearest integers, tie) of ax / quant_step for finite ax >= 0, exactly.
+
+    Dividing in binary64 rounds the quotient, and a quotient rounded onto or off a
+    half-integer names the wrong neighbour; so the division is done on integers:
+    ax = X * 2^a with X < 2^24 (a binary32 value) and step = M * 2^E with M < 2^8, hence
+    ax / step = X * 2^(a - E) / M. Where the quotient exceeds 2^40 the result is FAR_Q.
+    Returns q and tie: the nearest integer is q, or q and q + 1 where tie is set.
+    """
+    step_frac, step_e = math.frexp(quant_step)
+    step_mant, step_exp = int(step_frac * 256), step_e - 8
+    assert step_mant == step_frac * 256, "a step has 8 significant bits"
+    frac, ex = np.frexp(np.asarray(ax, dtype=np.float64))  # ax = frac * 2^ex, frac in [0.5, 1) or 0
+    mant = np.ldexp(frac, 24).astype(np.int64)  # exact: at most 24 significant bits
+    shift = ex.astype(np.int64) - 24 - step_exp
+    far = shift > 24     # ax / step >= 2^23 * 2^25 / 255 > 2^40
+    tiny = shift < -40   # ax / step < 2^24 / 2^40: 0 is the only nearest integer
+    s = np.clip(shift, -40, 24)
+    num = np.left_shift(mant, np.maximum(s, 0))                               # < 2^48
+    den = np.left_shift(np.int64(step_mant), np.maximum(-s, 0)).astype(np.int64)  # < 2^48
+    fl, rem = np.divmod(num, den)
+    q = np.where(2 * rem > den, fl + 1, fl)
+    tie = 2 * rem == den
+    q = np.where(tiny, 0, np.where(far, FAR_Q, q))
+    tie &= ~tiny & ~far
+    return q.astype(np.int64), tie
+
+
+def classify(bits: np.ndarray, dtype: int, error_bound: float, quant_step: float) -> Classified:
     """Classifies elements (given as bits) into zero, coded and outlier, with their codes.
 
     q is x / step rounded to the nearest integer, ties to even; the ``alt_`` fields give
@@ -137,14 +182,14 @@ def classify(bits: np.ndarray, dtype: int, error_bound: float, step_exp: int) ->
     bits = np.asarray(bits).astype(np.uint64)
     x = to_float64(bits, dtype)
     finite = np.isfinite(x)
-    with np.errstate(invalid="ignore"):
-        y = np.where(finite, x / math.ldexp(1.0, step_exp), 0.0)  # exact: a power-of-two scaling
-    q = np.rint(y)
-    floor = np.floor(y)
-    tie = finite & (y - floor == 0.5)
-    q_alt = np.where(tie, np.where(q == floor, floor + 1, floor), q)
-    cls, codes, recon = _check_codes(x, bits, dtype, error_bound, step_exp, q)
-    alt_cls, alt_codes, alt_recon = _check_codes(x, bits, dtype, error_bound, step_exp, q_alt)
+    low, tie = nearest_integers(np.where(finite, np.abs(x), 0.0), quant_step)
+    tie &= finite
+    even = np.where(tie & (low % 2 == 1), low + 1, low)  # at a tie: the even neighbour first
+    other = np.where(tie, np.where(even == low, low + 1, low), even)
+    sign = np.where(x < 0, -1, 1)
+    q, q_alt = sign * even, sign * other
+    cls, codes, recon = _check_codes(x, bits, dtype, error_bound, quant_step, q)
+    alt_cls, alt_codes, alt_recon = _check_codes(x, bits, dtype, error_bound, quant_step, q_alt)
     return Classified(cls, codes, recon, tie, alt_cls, alt_codes, alt_recon)
 
 
@@ -189,7 +234,7 @@ class Header:
     direct_log2: int
     requested_bound: float
     error_bound: float
-    step_exp: int
+    quant_step: float  # the binary32 step, widened to a Python float
     mask_lengths: List[int]
     code_lengths: List[int]
     chunk_end: List[int]
@@ -273,9 +318,9 @@ def parse_header(buf: bytes) -> Header:
     for v in (requested, error_bound):
         if not (math.isfinite(v) and v > 0):
             raise FormatError("bound not finite and positive")
-    step_exp = struct.unpack_from("<i", buf, 32)[0]
-    if step_exp != step_exp_for(error_bound):
-        raise FormatError("step_exp does not match error_bound")
+    quant_step = struct.unpack_from("<f", buf, 32)[0]
+    if buf[32:36] != struct.pack("<f", quant_step_for(error_bound)):  # bit for bit
+        raise FormatError("quant_step is not quant_step_for(error_bound)")
     if _u32(buf, 36) != CHUNK_ELEMS:
         raise FormatError("chunk_elems is not 16384")
     pos = 40
@@ -323,7 +368,7 @@ def parse_header(buf: bytes) -> Header:
         raise FormatError("stream length does not add up")
     if flags & 1 and _u32(buf, header_bytes + payload) != zlib.crc32(buf[header_bytes:header_bytes + payload]):
         raise FormatError("payload checksum mismatch")
-    return Header(flags, dtype, shape, numel, mode, k, requested, error_bound, step_exp, mask_lengths, code_lengths,
+    return Header(flags, dtype, shape, numel, mode, k, requested, error_bound, quant_step, mask_lengths, code_lengths,
                   chunk_end, header_bytes)
 
 
@@ -482,6 +527,6 @@ def decode(buf: bytes) -> Tuple[Header, np.ndarray]:
         if ch.kind == KIND_RAW:
             view[:] = ch.raw_bits
         elif ch.kind == KIND_CODED:
-            view[ch.coded_mask] = reconstruct(np.array(ch.codes, dtype=np.int64), h.step_exp, h.dtype)
+            view[ch.coded_mask] = reconstruct(np.array(ch.codes, dtype=np.int64), h.quant_step, h.dtype)
             view[ch.outlier_pos] = np.array(ch.outlier_bits, dtype=BITS_DTYPE[h.dtype])
     return h, out

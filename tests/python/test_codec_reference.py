@@ -7,6 +7,8 @@ value, bit for bit.
 """
 
 import math
+import struct
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -33,11 +35,11 @@ def check_stream_against_reference(x, bound: float, mode: str = "abs") -> ref.He
     assert h.dtype == code and h.shape == tuple(x.shape) and h.numel == bits.size
     assert h.bound_mode == (0 if mode == "abs" else 1)
     assert h.requested_bound == bound and h.error_bound == ct.error_bound
-    assert h.step_exp == ref.step_exp_for(h.error_bound)
+    assert h.quant_step == ref.quant_step_for(h.error_bound)
     if mode == "abs":
         assert h.error_bound == bound
 
-    cl = ref.classify(bits, code, h.error_bound, h.step_exp)
+    cl = ref.classify(bits, code, h.error_bound, h.quant_step)
     # What the stream says of every element: its class and code (raw chunks say nothing).
     got_cls = np.full(bits.size, -1, dtype=np.int8)
     got_codes = np.zeros(bits.size, dtype=np.int64)
@@ -136,13 +138,40 @@ def test_stream_matches_reference_quantizer_predictor_and_decoder(name):
     check_stream_against_reference(make(), bound, mode)
 
 
-def test_ties_use_a_nearest_integer_that_passes_the_check():
-    # Values exactly halfway between two multiples of the step (step 2^-6 for bound 1e-2).
-    step = 2.0**-6
+# Bound 1e-2: 2e = 0.02 = 163.84 * 2^-13, so the step is 163 * 2^-13. Bound 163 * 2^-14:
+# the same step, now exactly 2e, so a value halfway between two multiples of it is off by
+# exactly the bound either way and must still be coded.
+@pytest.mark.parametrize("bound", [1e-2, 163 * 2.0**-14])
+def test_ties_use_a_nearest_integer_that_passes_the_check(bound):
+    # Values exactly halfway between two multiples of the step ((2k + 1) * 163 * 2^-14 has at
+    # most 20 significant bits: exact in float32), and the multiples themselves.
+    step = 163 * 2.0**-13
     k = np.arange(1, 3000, dtype=np.float64)
     x = torch.tensor(np.concatenate([(k + 0.5) * step, -(k + 0.5) * step, k * step]), dtype=torch.float32)
-    h = check_stream_against_reference(x, 1e-2)
-    assert h.step_exp == -6
+    assert np.array_equal(x.numpy().astype(np.float64)[: k.size], (k + 0.5) * step)
+    h = check_stream_against_reference(x, bound)
+    assert h.quant_step == step
+    if bound == step / 2:
+        ct = actzip.compress(x, bound)
+        assert ct.stats["outliers"] == 0, "a tie off by exactly the bound is within it"
+
+
+def test_values_just_above_the_largest_q_round_down_to_it_and_are_coded():
+    # Section 3 bounds the rounded q, not x / step: x / step in (2^23 - 2, 2^23 - 1.5) has
+    # q = 2^23 - 2, the largest that is coded. By hand, bound 0.625 gives step 1.25 (2e = 1.25
+    # = 160 * 2^-7) and x = 10485758 is 8388606.4 steps: coded, its binary32 reconstruction
+    # 8388606 * 1.25 = 10485757.5 rounds (a tie) to the even 10485758, x itself. Around it,
+    # for several steps, every float32 value near (2^23 - 2 + f) * step for f in [0, 1).
+    x = torch.tensor([10485758.0, -10485758.0, 10485759.0] * 1000, dtype=torch.float32)
+    ct = actzip.compress(x, 0.625)
+    assert ref.parse_header(ct.to_bytes()).quant_step == 1.25
+    assert (ct.stats["coded"], ct.stats["outliers"]) == (2000, 1000)  # 10485759: q = 2^23 - 1, too large
+    check_stream_against_reference(x, 0.625)
+    for bound in [0.625, 1e-2, 3e-3, 0.1 / 3, 7.0]:
+        step = ref.quant_step_for(bound)
+        f = np.linspace(0.0, 1.0, 4000, endpoint=False)
+        v = ((ref.MAX_Q + f) * step).astype(np.float32)
+        check_stream_against_reference(torch.from_numpy(np.concatenate([v, -v])), bound)
 
 
 def test_smooth_data_is_coded_with_lorenzo_prediction():
@@ -152,11 +181,60 @@ def test_smooth_data_is_coded_with_lorenzo_prediction():
     assert any(ch.kind == ref.KIND_CODED and ch.flags & 1 for ch in chunks)
 
 
-def test_huge_bound_gets_the_clamped_step_of_the_format():
-    # floor(log2(2 * 1e308)) is 1024: the step is clamped to 2^127 (2 * bound overflows a double).
-    ct = actzip.compress(torch.ones(10), 1e308)
-    h = ref.parse_header(ct.to_bytes())
-    assert h.step_exp == 127
+def test_huge_bound_gets_the_largest_step_of_the_format():
+    # 2 * 1e308 overflows a double; the step is capped at the largest M * 2^E with M <= 255
+    # that is a binary32 value: 255 * 2^120 (255 * 2^121 and 128 * 2^121 = 2^128 overflow).
+    stream = actzip.compress(torch.ones(10), 1e308).to_bytes()
+    h = ref.parse_header(stream)
+    assert h.quant_step == 255 * 2.0**120
+    assert stream[32:36] == struct.pack("<I", 0x7F7F0000)  # binary32 bits of 1.9921875 * 2^127
+
+
+@pytest.mark.parametrize(
+    "bound, step",
+    [
+        # Worked by hand from section 3: step = the largest M * 2^E <= 2e, M in [1, 255].
+        (0.5, 1.0),                       # 2e = 1 = 128 * 2^-7
+        (1e-3, 131 * 2.0**-16),           # 2e = 0.002 = 131.072 * 2^-16
+        (0.3, 153 * 2.0**-8),             # 2e = 0.6 = 153.6 * 2^-8
+        (100.0, 200.0),                   # 2e = 200 = 200 * 2^0
+        (1e-44, 14 * 2.0**-149),          # 2e = 14.27 * 2^-149: a subnormal step
+        (2.0**-151, 2.0**-149),           # 2e = 2^-150: below every M * 2^E; the smallest step
+        (255 * 2.0**119, 255 * 2.0**120),  # 2e is the cap itself
+    ],
+)
+def test_quant_step_for_gives_the_steps_worked_by_hand(bound, step):
+    assert ref.quant_step_for(bound) == step
+    stream = actzip.compress(torch.ones(4), bound).to_bytes()
+    assert ref.parse_header(stream).quant_step == step
+    arr = np.frombuffer(stream, dtype=np.uint8)
+    assert actzip._core.read_info(arr)["quant_step"] == step == actzip._core.validate(arr)["quant_step"]
+
+
+def test_quant_step_keeps_the_bound_tight():
+    # For 2e from 2^-142 to 2^128, 2e (1 - 1/128) < step <= 2e (exact rational arithmetic),
+    # over random bounds and bounds whose 2e is exactly, or just off, an 8-bit value.
+    rng = np.random.default_rng(12)
+    bounds = [math.ldexp(1.0 + rng.random(), int(rng.integers(-142, 127))) for _ in range(3000)]
+    for mant in (128, 129, 200, 255):
+        for e in range(-142, 121, 11):
+            exact = math.ldexp(mant, e - 1)
+            bounds += [exact, math.nextafter(exact, 0.0), math.nextafter(exact, math.inf)]
+    for bound in bounds:
+        twice, step = 2 * Fraction(bound), Fraction(ref.quant_step_for(bound))
+        if Fraction(2) ** -142 <= twice < Fraction(2) ** 128:
+            assert twice * Fraction(127, 128) < step <= twice, bound
+
+
+def test_round_trips_use_more_than_95_percent_of_the_bound():
+    # The largest error of a large random tensor comes within 5% of the bound: the step is
+    # within 1/128 below 2e (a power-of-two step would leave up to half the bound unused).
+    g = torch.Generator().manual_seed(4)
+    for dtype, bound in [(torch.float32, 1e-2), (torch.float32, 0.7), (torch.float16, 3e-2), (torch.bfloat16, 0.2)]:
+        x = torch.randn(1 << 17, generator=g).to(dtype)
+        y = actzip.decompress(actzip.compress(x, bound))
+        err = (x.to(torch.float64) - y.to(torch.float64)).abs().max().item()
+        assert 0.95 * bound < err <= bound, (dtype, bound, err / bound)
 
 
 @st.composite
