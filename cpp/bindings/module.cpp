@@ -102,6 +102,7 @@ PYBIND11_MODULE(_core, m) {
                                d["raw_chunks"] = s.raw_chunks;
                                d["zero_chunks"] = s.zero_chunks;
                                d["lorenzo_chunks"] = s.lorenzo_chunks;
+                               d["lorenzo2d_chunks"] = s.lorenzo2d_chunks;
                                return d;
                              })
       .def(

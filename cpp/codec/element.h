@@ -194,6 +194,25 @@ ACTZIP_HD int floor_log2(uint32_t u) {
 #endif
 }
 
+// The 2-D Lorenzo prediction of the element at chunk position i, in column `col` of rows
+// of `row` elements (the tensor's last extent), from the quantized values q of the chunk's
+// earlier elements on the grid (`grid`: 0 for zeros and outliers). Neighbours outside the
+// chunk or the row count as absent (docs/FORMAT.md section 3). Clamped to |q| <= kMaxQ.
+ACTZIP_HD int32_t lorenzo2d_predict(const int32_t* grid, uint32_t i, uint32_t col, uint32_t row) {
+  const bool left = col != 0 && i >= 1;
+  const bool up = i >= row;
+  const int32_t l = left ? grid[i - 1] : 0;
+  const int32_t a = up ? grid[i - row] : 0;
+  const int32_t al = (left && i >= row + 1) ? grid[i - row - 1] : 0;  // inside the chunk
+  const int32_t p = l + a - al;  // |p| < 3 * 2^23: no overflow
+  return p > kMaxQ ? kMaxQ : (p < -kMaxQ ? -kMaxQ : p);
+}
+
+// The quantized value q of a signed code c (c = q + 1 for x > 0, q - 1 for x < 0).
+ACTZIP_HD int32_t code_to_q(int32_t c) { return c - int32_t(c > 0) + int32_t(c < 0); }
+// The code of quantized value q; `negative` decides the sign when q is 0.
+ACTZIP_HD int32_t q_to_code(int32_t q, bool negative) { return q > 0 ? q + 1 : (q < 0 ? q - 1 : (negative ? -1 : 1)); }
+
 // Symbol of value u for D = 2^k, and how many extra bits follow it (section 4).
 ACTZIP_HD uint32_t u_to_symbol(uint32_t u, int k, int* extra_bits) {
   if (u < (1u << k)) {

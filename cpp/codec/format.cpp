@@ -221,7 +221,10 @@ Status parse_chunk_header(const uint8_t* p, uint64_t span, uint32_t elems, size_
     if (ch->flags || ch->outliers || ch->mask_bytes || ch->code_bytes)
       return format_error("raw or zero chunk with non-zero fields");
   } else {
-    if (ch->flags & ~(kChunkLorenzo | kChunkHasMask)) return format_error("unknown chunk flag bits 0x%02x", ch->flags);
+    if (ch->flags & ~(kChunkLorenzo | kChunkHasMask | kChunkLorenzo2D))
+      return format_error("unknown chunk flag bits 0x%02x", ch->flags);
+    if ((ch->flags & kChunkLorenzo) && (ch->flags & kChunkLorenzo2D))
+      return format_error("chunk asks for two predictors");
     if (ch->outliers > elems) return format_error("chunk claims %u outliers in %u elements", ch->outliers, elems);
     if (ch->mask_bytes % 8 || ch->code_bytes % 8) return format_error("chunk section not a multiple of 8 bytes");
     if (!(ch->flags & kChunkHasMask) && (ch->mask_bytes != 0 || ch->outliers != 0))

@@ -14,11 +14,16 @@ inline constexpr uint16_t kFlagPayloadChecksum = 1;
 inline constexpr uint32_t kChunkHeaderBytes = 16;
 inline constexpr uint32_t kFixedHeaderBytes = 40;
 inline constexpr uint32_t kCodeLanes = 4;          // interleaved bit streams of a code section
-inline constexpr uint32_t kLaneTableBytes = 4 * kCodeLanes;
+// The code section's table: each lane's length, the sign stream's length, a reserved 0.
+inline constexpr uint32_t kLaneTableBytes = 4 * kCodeLanes + 8;
 
 enum ChunkKind : uint8_t { kChunkRaw = 0, kChunkCoded = 1, kChunkZero = 2 };
 inline constexpr uint8_t kChunkLorenzo = 1;
 inline constexpr uint8_t kChunkHasMask = 2;
+inline constexpr uint8_t kChunkLorenzo2D = 4;  // the 2-D predictor over rows of shape[-1]
+// 2-D prediction is considered for rows of at most this many elements (the sample then
+// needs a row of context before each run).
+inline constexpr uint32_t kMax2DRow = 128;
 
 struct Header {
   uint16_t flags = 0;

@@ -113,7 +113,7 @@ inline constexpr uint64_t kLaneStride = kMaxLaneBytes + 8;  // slack for FastBit
 inline constexpr uint64_t kMaxMaskSection = pad8(uint64_t(kChunkElems / 8) * 12 / 8);
 
 struct ChunkPlan {
-  uint8_t lorenzo = 0;           // predictor chosen from the chunk's sample
+  uint8_t predictor = 0;         // chunk flag of the predictor chosen from the sample (0: none)
   std::vector<uint8_t> bytes;    // the encoded chunk, header included
   uint32_t zeros = 0, coded = 0, outliers = 0;
   uint8_t kind = kChunkZero;
@@ -149,37 +149,83 @@ void classify_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const Q
   else classify_bf16(reinterpret_cast<const uint16_t*>(data) + begin, elems, qz, codes);
 }
 
-// Adds the sample's symbols to the tensor histograms and picks the chunk's predictor.
-void sample_chunk(const int32_t* codes, uint32_t n, uint64_t* fine_none, uint64_t* fine_lor, uint64_t* mask_hist,
-                  uint8_t* lorenzo) {
-  uint32_t none[kFineAlphabet] = {0}, lor[kFineAlphabet] = {0};
-  uint32_t coded = 0;
+// The row length the 2-D predictor works on, or 0 where it is not considered.
+uint32_t grid_row(const std::vector<uint64_t>& shape) {
+  const uint64_t row = shape.empty() ? 1 : shape.back();
+  return row >= 2 && row <= kMax2DRow ? uint32_t(row) : 0;
+}
+
+// Histograms of one predictor's values, in the fine-bin layout.
+struct PredictorHist {
+  uint32_t none[kFineAlphabet], lor[kFineAlphabet], lor2d[kFineAlphabet];
+  uint32_t sign_bits;  // coded elements whose q is 0: the Lorenzo predictors spend a sign bit on each
+};
+
+// Adds one sample run to the histograms: `codes` holds the run's codes preceded by
+// `context` codes of the chunk (for the 2-D predictor); `first` is the run's position in the
+// chunk and `col0` its column.
+void sample_run(const int32_t* codes, uint32_t context, uint32_t n, uint32_t first, uint32_t col0, uint32_t row,
+                PredictorHist* ph, uint64_t* mask_hist, uint32_t* coded) {
+  int32_t grid[kMax2DRow + 1 + kSampleRun];
+  const uint32_t total = context + n;
+  for (uint32_t i = 0; i < total && row; ++i) grid[i] = codes[i] == kOutlierCode ? 0 : code_to_q(codes[i]);
   int32_t prev = 0;
   uint32_t mask_byte = 0;
-  for (uint32_t i = 0; i < n; ++i) {
-    const int32_t c = codes[i];
+  uint32_t col = col0;
+  for (uint32_t j = 0; j < n; ++j) {
+    const int32_t c = codes[context + j];
     if (c != 0 && c != kOutlierCode) {
-      ++none[fine_bin(code_to_u(c))];
-      ++lor[fine_bin(zigzag(c - prev))];
-      prev = c;
-      mask_byte |= 1u << (i & 7);
-      ++coded;
+      const int32_t q = code_to_q(c);
+      ++ph->none[fine_bin(code_to_u(c))];
+      ++ph->lor[fine_bin(zigzag(q - prev))];
+      ph->sign_bits += q == 0;
+      if (row) {
+        // Positions relative to the grid window: the window starts `first - context` into the chunk.
+        const uint32_t i = context + j;
+        const bool left = col != 0 && first + j >= 1;
+        const bool up = i >= row;
+        const int32_t l = left ? grid[i - 1] : 0, a = up ? grid[i - row] : 0;
+        const int32_t al = left && i >= row + 1 ? grid[i - row - 1] : 0;
+        int32_t p = l + a - al;
+        p = p > kMaxQ ? kMaxQ : (p < -kMaxQ ? -kMaxQ : p);
+        ++ph->lor2d[fine_bin(zigzag(q - p))];
+      }
+      prev = q;
+      mask_byte |= 1u << (j & 7);
+      ++*coded;
     }
-    if ((i & 7) == 7 || i + 1 == n) {
+    if ((j & 7) == 7 || j + 1 == n) {
       ++mask_hist[mask_byte];
       mask_byte = 0;
     }
+    if (row && ++col == row) col = 0;
   }
-  *lorenzo = fine_cost_bits(lor, coded) < fine_cost_bits(none, coded);
-  uint64_t* dst = *lorenzo ? fine_lor : fine_none;
-  const uint32_t* src = *lorenzo ? lor : none;
-  for (uint32_t b = 0; b < kFineAlphabet; ++b) dst[b] += src[b];
+}
+
+// Picks the chunk's predictor from its sample and adds the chosen histogram to the tensor's.
+uint8_t choose_predictor(const PredictorHist& ph, uint32_t coded, bool with_2d, uint64_t* fine) {
+  const double none = fine_cost_bits(ph.none, coded), lor = fine_cost_bits(ph.lor, coded) + ph.sign_bits;
+  const double lor2d =
+      with_2d ? fine_cost_bits(ph.lor2d, coded) + ph.sign_bits : std::numeric_limits<double>::infinity();
+  uint8_t flag = 0;
+  const uint32_t* src = ph.none;
+  if (lor < none && lor <= lor2d) {
+    flag = kChunkLorenzo;
+    src = ph.lor;
+  } else if (lor2d < none) {
+    flag = kChunkLorenzo2D;
+    src = ph.lor2d;
+  }
+  for (uint32_t b = 0; b < kFineAlphabet; ++b) fine[b] += src[b];
+  return flag;
 }
 
 // Thread-local scratch of the main pass (8 bytes of slack for FastBitWriter).
 struct Scratch {
   std::vector<int32_t> codes = std::vector<int32_t>(kChunkElems);
   std::vector<uint32_t> u = std::vector<uint32_t>(kChunkElems);
+  std::vector<int32_t> grid = std::vector<int32_t>(kChunkElems);
+  std::vector<uint8_t> sign = std::vector<uint8_t>(kChunkElems / 8 + 16);
   std::vector<uint16_t> outlier_pos = std::vector<uint16_t>(kChunkElems + 1);
   std::vector<uint8_t> mask_bytes = std::vector<uint8_t>(kChunkElems / 8);
   std::vector<uint8_t> mask = std::vector<uint8_t>(kMaxMaskSection + 8);
@@ -188,6 +234,7 @@ struct Scratch {
 
 struct Books {
   int k = 0;
+  uint32_t row = 0;  // the 2-D predictor's row length (0: not used)
   HuffmanEncoder mask, code;
   std::vector<uint32_t> code_len;  // code symbols' bit-reversed code | length << 16
 
@@ -212,12 +259,31 @@ Status encode_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const B
     outliers += codes[i] == kOutlierCode;
   }
   uint32_t coded = elems - zeros - outliers;
+  // The sign stream: one bit (1 = negative) for each coded element whose q is 0, in order;
+  // only the predictors that work on q need it.
+  FastBitWriter sign_w(sc.sign.data());
+  auto put_sign = [&](int32_t c) {
+    if (c == 1 || c == -1) sign_w.put(uint64_t(c < 0), 1);
+  };
   if (coded == elems) {
-    // Every element coded (the common case of dense tensors): no mask, no compaction, and
-    // the prediction vectorizes.
-    if (cp->lorenzo) {
-      u[0] = zigzag(codes[0]);
-      for (uint32_t i = 1; i < elems; ++i) u[i] = zigzag(codes[i] - codes[i - 1]);
+    // Every element coded (the common case of dense tensors): no mask, no compaction.
+    if (cp->predictor == kChunkLorenzo) {
+      int32_t prev = 0;
+      for (uint32_t i = 0; i < elems; ++i) {
+        const int32_t q = code_to_q(codes[i]);
+        u[i] = zigzag(q - prev);
+        prev = q;
+      }
+      for (uint32_t i = 0; i < elems; ++i) put_sign(codes[i]);
+    } else if (cp->predictor == kChunkLorenzo2D) {
+      int32_t* grid = sc.grid.data();
+      for (uint32_t i = 0; i < elems; ++i) grid[i] = code_to_q(codes[i]);
+      uint32_t col = uint32_t(begin % books.row);
+      for (uint32_t i = 0; i < elems; ++i) {
+        u[i] = zigzag(grid[i] - lorenzo2d_predict(grid, i, col, books.row));
+        if (++col == books.row) col = 0;
+      }
+      for (uint32_t i = 0; i < elems; ++i) put_sign(codes[i]);
     } else {
       for (uint32_t i = 0; i < elems; ++i) u[i] = code_to_u(codes[i]);
     }
@@ -239,17 +305,32 @@ Status encode_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const B
       mask_bytes[i0 / 8] = uint8_t(m);
     }
     // Prediction, in place: u[t] becomes the value to code.
-    if (cp->lorenzo) {
+    if (cp->predictor == kChunkLorenzo2D) {
+      int32_t* grid = sc.grid.data();  // q on the chunk's grid, 0 for zeros and outliers
+      for (uint32_t i = 0; i < elems; ++i) grid[i] = codes[i] == kOutlierCode ? 0 : code_to_q(codes[i]);
+      uint32_t col = uint32_t(begin % books.row);
+      for (uint32_t i = 0, t = 0; i < elems; ++i) {
+        const int32_t c = codes[i];
+        if (c != 0 && c != kOutlierCode) {
+          u[t++] = zigzag(grid[i] - lorenzo2d_predict(grid, i, col, books.row));
+          put_sign(c);
+        }
+        if (++col == books.row) col = 0;
+      }
+    } else if (cp->predictor == kChunkLorenzo) {
       int32_t prev = 0;
       for (uint32_t t = 0; t < coded; ++t) {
         const int32_t c = int32_t(u[t]);
-        u[t] = zigzag(c - prev);
-        prev = c;
+        const int32_t q = code_to_q(c);
+        u[t] = zigzag(q - prev);
+        prev = q;
+        put_sign(c);
       }
     } else {
       for (uint32_t t = 0; t < coded; ++t) u[t] = code_to_u(int32_t(u[t]));
     }
   }
+  const uint64_t sign_len = pad8(sign_w.flush());
   cp->zeros = zeros;
   cp->outliers = outliers;
   cp->coded = coded;
@@ -262,7 +343,7 @@ Status encode_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const B
     ch.kind = kChunkCoded;
     ch.outliers = outliers;
     const bool has_mask = coded != elems;
-    ch.flags = uint8_t((has_mask ? kChunkHasMask : 0) | (cp->lorenzo ? kChunkLorenzo : 0));
+    ch.flags = uint8_t((has_mask ? kChunkHasMask : 0) | cp->predictor);
     const int k = books.k;
     const uint32_t direct = 1u << k;
     const uint32_t* sym_bits = books.code_len.data();
@@ -289,7 +370,7 @@ Status encode_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const B
     FastBitWriter* lane_w[kCodeLanes] = {&w0, &w1, &w2, &w3};
     for (; t < coded; ++t) put(*lane_w[t % kCodeLanes], u[t]);
     if (coded > 0) {
-      code_len = kLaneTableBytes;
+      code_len = kLaneTableBytes + sign_len;
       for (uint32_t l = 0; l < kCodeLanes; ++l) {
         lane_bytes[l] = pad8(lane_w[l]->flush());
         code_len += lane_bytes[l];
@@ -324,6 +405,8 @@ Status encode_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const B
         std::memcpy(lanes + at, sc.code.data() + l * kLaneStride, size_t(lane_bytes[l]));
         at += lane_bytes[l];
       }
+      put_u32(lanes + 4 * kCodeLanes, uint32_t(sign_len));
+      std::memcpy(lanes + at, sc.sign.data(), size_t(sign_len));
     }
     uint8_t* pos = body + ch.mask_bytes + ch.code_bytes;
     uint8_t* val = pos + pad8(2 * uint64_t(outliers));
@@ -469,33 +552,34 @@ Status plan_compress(const void* data, DType dtype, const std::vector<uint64_t>&
   {
     std::vector<std::vector<uint64_t>> part_fine, part_mask;
     const int threads = opt.num_threads;
-    part_fine.assign(size_t(threads), std::vector<uint64_t>(2 * kFineAlphabet, 0));
+    part_fine.assign(size_t(threads), std::vector<uint64_t>(kFineAlphabet, 0));
     part_mask.assign(size_t(threads), std::vector<uint64_t>(256, 0));
+    const uint32_t row = grid_row(shape);
     Status s = for_each_chunk(nchunks, threads, [&](uint32_t c, int slot) {
-      int32_t codes[kSampleElems];
+      thread_local PredictorHist ph;
+      std::memset(&ph, 0, sizeof ph);
+      int32_t window[kMax2DRow + 1 + kSampleRun];
       const uint32_t elems = chunk_elem_count(numel, c);
-      uint32_t n = 0;
-      if (elems <= kSampleElems) {
-        n = elems;
+      const uint64_t chunk_begin = uint64_t(c) * kChunkElems;
+      const uint32_t runs = elems <= kSampleElems ? (elems + kSampleRun - 1) / kSampleRun : kSampleRuns;
+      const uint32_t stride = elems <= kSampleElems ? kSampleRun : (elems / kSampleRuns) & ~7u;  // mask-byte aligned
+      uint32_t coded = 0;
+      for (uint32_t r = 0; r < runs; ++r) {
+        const uint32_t first = r * stride;
+        const uint32_t n = std::min(kSampleRun, elems - first);
+        const uint32_t context = row ? std::min(first, row + 1) : 0;
         dispatch_dtype(dtype, [&](auto dt) {
-          classify_chunk<decltype(dt)::value>(bytes, uint64_t(c) * kChunkElems, n, qz, codes);
+          classify_chunk<decltype(dt)::value>(bytes, chunk_begin + first - context, context + n, qz, window);
         });
-      } else {
-        const uint32_t stride = (elems / kSampleRuns) & ~7u;  // keeps mask bytes aligned
-        for (uint32_t r = 0; r < kSampleRuns; ++r, n += kSampleRun)
-          dispatch_dtype(dtype, [&](auto dt) {
-            classify_chunk<decltype(dt)::value>(bytes, uint64_t(c) * kChunkElems + r * stride, kSampleRun, qz,
-                                                codes + n);
-          });
+        const uint32_t col0 = row ? uint32_t((chunk_begin + first) % row) : 0;
+        sample_run(window, context, n, first, col0, row, &ph, part_mask[size_t(slot)].data(), &coded);
       }
-      const size_t t = size_t(slot);
-      sample_chunk(codes, n, part_fine[t].data(), part_fine[t].data() + kFineAlphabet, part_mask[t].data(),
-                   &impl->chunks[c].lorenzo);
+      impl->chunks[c].predictor = choose_predictor(ph, coded, row != 0, part_fine[size_t(slot)].data());
       return Status::Ok();
     });
     if (!s.ok()) return s;
     for (int t = 0; t < threads; ++t) {
-      for (uint32_t b = 0; b < kFineAlphabet; ++b) fine[b] += part_fine[t][b] + part_fine[t][kFineAlphabet + b];
+      for (uint32_t b = 0; b < kFineAlphabet; ++b) fine[b] += part_fine[t][b];
       for (uint32_t b = 0; b < 256; ++b) mask[b] += part_mask[t][b];
     }
   }
@@ -529,6 +613,7 @@ Status plan_compress(const void* data, DType dtype, const std::vector<uint64_t>&
   }
   Books books;
   books.k = best_k;
+  books.row = grid_row(shape);
   h.code_lengths = smoothed_lengths(sym_freq);
   h.mask_lengths = smoothed_lengths(mask);
   if (!books.code.build(h.code_lengths) || !books.mask.build(h.mask_lengths))
@@ -562,6 +647,7 @@ Status plan_compress(const void* data, DType dtype, const std::vector<uint64_t>&
       any_code |= cp.coded > 0;
       any_mask |= (cp.bytes[1] & kChunkHasMask) != 0;
       if (cp.bytes[1] & kChunkLorenzo) ++impl->stats.lorenzo_chunks;
+      if (cp.bytes[1] & kChunkLorenzo2D) ++impl->stats.lorenzo2d_chunks;
     }
     end += cp.bytes.size();
     h.chunk_end[c] = end;
@@ -661,6 +747,7 @@ bool section_fits(const BitReader& r, uint32_t section_bytes, uint64_t consumed_
 struct DecodeScratch {
   std::vector<uint32_t> u = std::vector<uint32_t>(kChunkElems);
   std::vector<uint32_t> values = std::vector<uint32_t>(kChunkElems);  // storage bits
+  std::vector<int32_t> grid = std::vector<int32_t>(kChunkElems);
 };
 
 // The storage bits of a reconstruction in the stream's dtype.
@@ -710,6 +797,7 @@ Status decode_chunk(const uint8_t* payload, const Header& h, const Decoders& dec
   }
   const bool has_mask = ch.flags & kChunkHasMask;
   const bool lorenzo = ch.flags & kChunkLorenzo;
+  const bool lorenzo2d = ch.flags & kChunkLorenzo2D;
   const uint32_t mask_len = (elems + 7) / 8;
   uint8_t mask[kChunkElems / 8];
   uint32_t coded = elems;
@@ -739,6 +827,8 @@ Status decode_chunk(const uint8_t* payload, const Header& h, const Decoders& dec
   if (coded > 0 && h.code_lengths.empty()) return format_error("chunk %u has codes but the stream has no codebook", c);
   thread_local DecodeScratch sc;
   uint32_t* u = sc.u.data();
+  uint32_t sign_bytes = 0;
+  const uint8_t* sign_stream = nullptr;
   uint32_t* values = sc.values.data();
   // Entropy decoding: the values of the coded elements, in order.
   {
@@ -755,7 +845,13 @@ Status decode_chunk(const uint8_t* payload, const Header& h, const Decoders& dec
           return format_error("chunk %u: code lane %u has an invalid length", c, l);
         at += lane_bytes[l];
       }
-      if (at != ch.code_bytes) return format_error("chunk %u: code lanes do not fill the code section", c);
+      sign_bytes = get_u32(lanes + 4 * kCodeLanes);
+      if (get_u32(lanes + 4 * kCodeLanes + 4) != 0) return format_error("chunk %u: non-zero reserved field", c);
+      if (sign_bytes % 8 != 0 || sign_bytes != ch.code_bytes - at)
+        return format_error("chunk %u: the sign stream does not fill the code section", c);
+      if (sign_bytes != 0 && !(lorenzo || lorenzo2d))
+        return format_error("chunk %u: a sign stream without a predictor that needs one", c);
+      sign_stream = lanes + at;
       BitReader r[kCodeLanes] = {
           BitReader(lanes + kLaneTableBytes, lanes + kLaneTableBytes + lane_bytes[0]),
           BitReader(lanes + kLaneTableBytes + lane_bytes[0], lanes + kLaneTableBytes + lane_bytes[0] + lane_bytes[1]),
@@ -793,14 +889,45 @@ Status decode_chunk(const uint8_t* payload, const Header& h, const Decoders& dec
   {
     const Quantizer qz = make_quantizer(h.error_bound, h.quant_step);
     uint32_t bad = 0;
-    if (lorenzo) {
+    // Both Lorenzo predictors work on q; a q of 0 takes its sign from the sign stream.
+    BitReader signs(sign_stream, sign_stream + sign_bytes);
+    uint64_t sign_used = 0;
+    auto to_code = [&](int32_t q) {
+      const uint32_t invalid = (q > kMaxQ) | (q < -kMaxQ);
+      bad |= invalid;
+      bool negative = false;
+      if (q == 0) {
+        if (signs.available() < 1) signs.refill();
+        negative = signs.take(1) != 0;
+        ++sign_used;
+      }
+      return invalid ? 1 : q_to_code(q, negative);
+    };
+    if (lorenzo2d) {
+      // q on the chunk's grid, in element order (0 for zeros and outliers).
+      const uint64_t row64 = h.shape.empty() ? 1 : h.shape.back();
+      if (row64 < 2 || row64 > kMax2DRow)
+        return format_error("chunk %u: 2-D prediction over rows of %llu elements", c, (unsigned long long)row64);
+      const uint32_t row = uint32_t(row64);
+      int32_t* grid = sc.grid.data();
+      uint32_t col = uint32_t(begin % row);
+      for (uint32_t i = 0, t = 0; i < elems; ++i) {
+        const bool is_coded = !has_mask || ((mask[i >> 3] >> (i & 7)) & 1u);
+        int32_t q = 0;
+        if (is_coded) {
+          q = lorenzo2d_predict(grid, i, col, row) + unzigzag(u[t]);
+          const int32_t cv = to_code(q);
+          q = code_to_q(cv);  // an invalid q was replaced: keep the grid in range
+          values[t++] = storage_bits<kDT>(reconstruct(cv, qz));
+        }
+        grid[i] = q;
+        if (++col == row) col = 0;
+      }
+    } else if (lorenzo) {
       int32_t prev = 0;
       for (uint32_t t = 0; t < coded; ++t) {
-        int32_t cv = prev + unzigzag(u[t]);
-        const uint32_t invalid = (cv == 0) | (cv > kMaxCode) | (cv < -kMaxCode);
-        bad |= invalid;
-        cv = invalid ? 1 : cv;
-        prev = cv;
+        const int32_t cv = to_code(prev + unzigzag(u[t]));
+        prev = code_to_q(cv);
         values[t] = storage_bits<kDT>(reconstruct(cv, qz));
       }
     } else {
@@ -811,6 +938,7 @@ Status decode_chunk(const uint8_t* payload, const Header& h, const Decoders& dec
       }
     }
     if (bad) return format_error("chunk %u: invalid code", c);
+    if (!section_fits(signs, sign_bytes, sign_used)) return format_error("chunk %u: sign stream length mismatch", c);
   }
   // Scatter into the output: zeros where the mask is clear.
   if constexpr (kDT == 1) scatter(values, mask, has_mask, elems, reinterpret_cast<uint32_t*>(dst));
@@ -851,6 +979,8 @@ Status validate(const void* stream, uint64_t stream_bytes, StreamInfo* info) {
     s = parse_chunk_header(bytes + h.header_bytes + start, h.chunk_end[c] - start, chunk_elem_count(h.numel, c), es,
                            &ch);
     if (!s.ok()) return format_error("chunk %u: %s", c, s.message.c_str());
+    if (ch.kind == kChunkCoded && (ch.flags & kChunkLorenzo2D) && grid_row(h.shape) == 0)
+      return format_error("chunk %u: 2-D prediction, but the last extent is not between 2 and %u", c, kMax2DRow);
   }
   s = check_payload_crc(bytes, h);
   if (!s.ok()) return s;

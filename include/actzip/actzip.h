@@ -84,7 +84,8 @@ struct CompressStats {
   uint64_t outliers = 0;      // elements stored exactly (NaN, Inf, -0.0, out of range)
   uint32_t raw_chunks = 0;    // chunks stored verbatim because coding did not shrink them
   uint32_t zero_chunks = 0;   // chunks of +0.0 only
-  uint32_t lorenzo_chunks = 0;
+  uint32_t lorenzo_chunks = 0;    // chunks predicted along the flattened order
+  uint32_t lorenzo2d_chunks = 0;  // chunks predicted from the left and upper neighbours
 };
 
 class CompressPlan {

@@ -53,6 +53,7 @@ enum class Fill {
   kZeros,
   kConstant,
   kRamp,      // a smooth ramp (Lorenzo-friendly)
+  kWaves,     // smooth 2-D waves over rows of shape[-1] (2-D Lorenzo-friendly), crossing zero
 };
 
 inline Tensor make_tensor(const std::string& name, actzip::DType dtype, std::vector<uint64_t> shape, Fill fill,
@@ -68,6 +69,7 @@ inline Tensor make_tensor(const std::string& name, actzip::DType dtype, std::vec
   const float inf = std::numeric_limits<float>::infinity();
   const float specials[] = {std::numeric_limits<float>::quiet_NaN(), inf, -inf, -0.0f, 0.0f, 3e38f, -3e38f,
                             1e-40f, -1e-40f, 65504.0f, 6e-8f};
+  const uint64_t row = t.shape.empty() || t.shape.back() == 0 ? 1 : t.shape.back();
   for (uint64_t i = 0; i < n; ++i) {
     float v = 0;
     switch (fill) {
@@ -77,6 +79,9 @@ inline Tensor make_tensor(const std::string& name, actzip::DType dtype, std::vec
       case Fill::kZeros: v = 0; break;
       case Fill::kConstant: v = 1.5f; break;
       case Fill::kRamp: v = float(i) * 1e-3f; break;
+      case Fill::kWaves:
+        v = float(3 * std::sin(0.05 * double(i / row) + 0.3) * std::cos(0.07 * double(i % row) + 0.2));
+        break;
     }
     t.set(i, v);
   }
@@ -141,6 +146,11 @@ inline uint32_t get_u32_le(const uint8_t* p) {
 }
 inline void put_u32_le(uint8_t* p, uint32_t v) {
   for (int i = 0; i < 4; ++i) p[i] = uint8_t(v >> (8 * i));
+}
+inline uint64_t get_u64_le(const uint8_t* p) { return uint64_t(get_u32_le(p)) | (uint64_t(get_u32_le(p + 4)) << 32); }
+inline void put_u64_le(uint8_t* p, uint64_t v) {
+  put_u32_le(p, uint32_t(v));
+  put_u32_le(p + 4, uint32_t(v >> 32));
 }
 
 }  // namespace actzip_test

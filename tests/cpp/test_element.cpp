@@ -651,6 +651,126 @@ ACTZIP_TEST(code_to_u_and_zigzag_follow_the_format_and_invert) {
   ACTZIP_CHECK(zigzag(-dmax) == zigzag(dmax) - 1, "extremes");
 }
 
+// ---- q, the sign and the 2-D predictor (section 3) -------------------------------------------
+
+ACTZIP_TEST(code_to_q_and_q_to_code_follow_the_format_and_invert) {
+  // c = q + 1 for x > 0, q - 1 for x < 0: |q| = |c| - 1, and q = 0 for both c = 1 and c = -1,
+  // so that q_to_code needs the sign exactly there.
+  for (int32_t c = -kMaxCode; c <= kMaxCode; c += (c > -300 && c < 300) ? 1 : 89) {
+    if (c == 0) continue;
+    const int32_t want = c > 0 ? c - 1 : c + 1;
+    ACTZIP_CHECK(code_to_q(c) == want, "code_to_q(%d) = %d, want %d", c, code_to_q(c), want);
+    ACTZIP_CHECK(q_to_code(code_to_q(c), c < 0) == c, "q_to_code(code_to_q(%d)) = %d", c,
+                 q_to_code(code_to_q(c), c < 0));
+    // No prediction codes 2|q| plus the sign bit.
+    ACTZIP_CHECK(code_to_u(c) == 2u * uint32_t(std::abs(code_to_q(c))) + (c < 0 ? 1u : 0u), "code_to_u(%d)", c);
+  }
+  for (int32_t q = -kMaxQ; q <= kMaxQ; q += (q > -300 && q < 300) ? 1 : 97)
+    for (bool negative : {false, true}) {
+      const int32_t c = q_to_code(q, negative);
+      ACTZIP_CHECK(code_to_q(c) == q, "code_to_q(q_to_code(%d, %d)) = %d", q, int(negative), code_to_q(c));
+      // The sign bit decides only for q = 0; elsewhere the sign is q's.
+      const bool want_negative = q == 0 ? negative : q < 0;
+      ACTZIP_CHECK(c != 0 && (c < 0) == want_negative && std::abs(c) == std::abs(q) + 1, "q_to_code(%d, %d) = %d", q,
+                   int(negative), c);
+    }
+  ACTZIP_CHECK(q_to_code(0, false) == 1 && q_to_code(0, true) == -1, "q = 0");
+  ACTZIP_CHECK(q_to_code(kMaxQ, true) == kMaxCode && q_to_code(-kMaxQ, false) == -kMaxCode, "extremes");
+  ACTZIP_CHECK(code_to_q(kMaxCode) == kMaxQ && code_to_q(-kMaxCode) == -kMaxQ, "extremes");
+}
+
+// The 2-D prediction as section 3 states it, on signed positions: a left neighbour where the
+// column is not 0, an upper one where i >= W, the upper-left one where both are; a neighbour
+// outside the chunk (position below 0) is absent, like any absent neighbour 0.
+int64_t ref_predict_2d(const std::vector<int32_t>& g, int64_t i, int64_t chunk_start, int64_t row) {
+  auto at = [&](int64_t j) -> int64_t { return j >= 0 ? g[size_t(j)] : 0; };
+  const bool left = (chunk_start + i) % row != 0;
+  const bool up = i >= row;
+  const int64_t p = (left ? at(i - 1) : 0) + (up ? at(i - row) : 0) - (left && up ? at(i - row - 1) : 0);
+  return std::max<int64_t>(-kMaxQ, std::min<int64_t>(kMaxQ, p));
+}
+
+// Calls lorenzo2d_predict on a copy of g placed in a buffer whose every other element is a
+// sentinel, so that a read outside the chunk's grid shows in the result.
+int32_t predict_in_fence(const std::vector<int32_t>& g, uint32_t i, uint32_t col, uint32_t row) {
+  std::vector<int32_t> fenced(g.size() + 2 * 256, 1000003);
+  std::copy(g.begin(), g.end(), fenced.begin() + 256);
+  return lorenzo2d_predict(fenced.data() + 256, i, col, row);
+}
+
+ACTZIP_TEST(lorenzo2d_predict_uses_the_neighbours_section_3_names) {
+  // A 4-wide grid whose values say where they are: g[i] = 10^(i % 4) * (1 + i / 4).
+  const uint32_t row = 4;
+  std::vector<int32_t> g(16);
+  for (uint32_t i = 0; i < 16; ++i) g[i] = int32_t(std::pow(10, i % 4)) * int32_t(1 + i / 4);
+  // A chunk that starts at column 0.
+  ACTZIP_CHECK(predict_in_fence(g, 0, 0, row) == 0, "chunk start: no neighbours");
+  ACTZIP_CHECK(predict_in_fence(g, 1, 1, row) == g[0], "first row: the left neighbour only");
+  ACTZIP_CHECK(predict_in_fence(g, 3, 3, row) == g[2], "first row, last column");
+  ACTZIP_CHECK(predict_in_fence(g, 4, 0, row) == g[0], "row start: the upper neighbour only");
+  ACTZIP_CHECK(predict_in_fence(g, 5, 1, row) == g[4] + g[1] - g[0], "inside: left + up - upper-left");
+  ACTZIP_CHECK(predict_in_fence(g, 11, 3, row) == g[10] + g[7] - g[6], "inside, last column");
+  ACTZIP_CHECK(predict_in_fence(g, 12, 0, row) == g[8], "row start again");
+  // A chunk that starts mid-row, at column 2 (a chunk never refers to another).
+  ACTZIP_CHECK(predict_in_fence(g, 0, 2, row) == 0, "mid-row chunk start: no left neighbour before the chunk");
+  ACTZIP_CHECK(predict_in_fence(g, 1, 3, row) == g[0], "mid-row start, first row");
+  ACTZIP_CHECK(predict_in_fence(g, 2, 0, row) == 0, "mid-row start: column 0 of the first row has no neighbour");
+  ACTZIP_CHECK(predict_in_fence(g, 3, 1, row) == g[2], "mid-row start: left only");
+  // i = W with a column that is not 0: left and up, but the upper-left g[-1] is outside the chunk.
+  ACTZIP_CHECK(predict_in_fence(g, 4, 2, row) == g[3] + g[0], "i = W, column 2: left + up, no upper-left: %d",
+               predict_in_fence(g, 4, 2, row));
+  ACTZIP_CHECK(predict_in_fence(g, 5, 3, row) == g[4] + g[1] - g[0], "i = W + 1: all three");
+  ACTZIP_CHECK(predict_in_fence(g, 6, 0, row) == g[2], "column 0: up only");
+  // Two elements per row: the smallest width the format allows.
+  ACTZIP_CHECK(predict_in_fence(g, 2, 1, 2) == g[1] + g[0], "W = 2, i = 2, column 1: no upper-left");
+  ACTZIP_CHECK(predict_in_fence(g, 3, 1, 2) == g[2] + g[1] - g[0], "W = 2, i = 3, column 1");
+  ACTZIP_CHECK(predict_in_fence(g, 3, 0, 2) == g[1], "W = 2, i = 3, column 0");
+}
+
+ACTZIP_TEST(lorenzo2d_predict_clamps_to_the_largest_q) {
+  const uint32_t row = 3;
+  std::vector<int32_t> g(8, 0);
+  // g[3] left of g[4], g[1] above it, g[0] upper-left.
+  auto with = [&](int32_t left, int32_t up, int32_t upper_left) {
+    g[3] = left;
+    g[1] = up;
+    g[0] = upper_left;
+    return predict_in_fence(g, 4, 1, row);
+  };
+  ACTZIP_CHECK(with(kMaxQ, kMaxQ, -kMaxQ) == kMaxQ, "3 kMaxQ clamps to kMaxQ");
+  ACTZIP_CHECK(with(-kMaxQ, -kMaxQ, kMaxQ) == -kMaxQ, "-3 kMaxQ clamps to -kMaxQ");
+  ACTZIP_CHECK(with(kMaxQ, 1, 0) == kMaxQ && with(kMaxQ, 0, -1) == kMaxQ, "kMaxQ + 1 clamps");
+  ACTZIP_CHECK(with(kMaxQ, 0, 0) == kMaxQ && with(kMaxQ - 1, 1, 0) == kMaxQ, "kMaxQ itself is kept");
+  ACTZIP_CHECK(with(-kMaxQ, -1, 0) == -kMaxQ && with(-kMaxQ, 0, 0) == -kMaxQ, "-kMaxQ");
+  ACTZIP_CHECK(with(kMaxQ, kMaxQ, kMaxQ) == kMaxQ && with(kMaxQ, -kMaxQ, kMaxQ) == -kMaxQ, "in range");
+  ACTZIP_CHECK(with(5, 7, 20) == -8, "a negative prediction from positive neighbours");
+}
+
+ACTZIP_TEST(lorenzo2d_predict_matches_the_format_for_every_width_and_chunk_start) {
+  // Every width the format allows, chunks starting at every column, random grids with values
+  // up to the largest q (so that the clamp is reached), over the first rows of the chunk.
+  std::mt19937_64 rng(41);
+  for (uint32_t row = 2; row <= actzip::detail::kMax2DRow; ++row) {
+    const uint32_t n = 3 * row + 5;
+    std::vector<int32_t> g(n);
+    for (auto& v : g) {
+      const uint64_t r = rng();
+      v = r % 4 == 0 ? int32_t(r >> 40) % 7 - 3 : (r % 4 == 1 ? (r & 256 ? kMaxQ : -kMaxQ) : int32_t(r >> 8) % kMaxQ);
+    }
+    for (uint32_t start_col = 0; start_col < row; start_col += (row > 20 ? 7 : 1)) {
+      uint32_t col = start_col;
+      for (uint32_t i = 0; i < n; ++i) {
+        const int64_t want = ref_predict_2d(g, i, start_col, row);
+        const int32_t got = predict_in_fence(g, i, col, row);
+        ACTZIP_CHECK(got == want, "W %u, chunk starting at column %u, i %u: %d, want %lld", row, start_col, i, got,
+                     (long long)want);
+        if (++col == row) col = 0;
+      }
+      if (actzip_test::failures_in_current_test() > 20) return;
+    }
+  }
+}
+
 ACTZIP_TEST(u_to_symbol_follows_the_format_for_every_direct_log2) {
   std::vector<uint32_t> values;
   for (uint32_t u = 0; u < 70000; ++u) values.push_back(u);

@@ -93,6 +93,12 @@ std::vector<Sample> corpus() {
       {make_tensor("f32 raw chunks", DType::kFloat32, {17000}, Fill::kNormal, 8), 1e-12, BoundMode::kAbs, false},
       {make_tensor("f16 constant", DType::kFloat16, {100}, Fill::kConstant, 9), 1e-2, BoundMode::kRel, false},
       {make_tensor("bf16 specials", DType::kBFloat16, {1000}, Fill::kSpecials, 10), 0.5, BoundMode::kAbs, false},
+      // Waves crossing zero: 2-D prediction (the second over a chunk that starts mid-row) and
+      // Lorenzo, with sign streams.
+      {make_tensor("f32 waves 2-D", DType::kFloat32, {2, 4, 32, 32}, Fill::kWaves, 11), 1e-2, BoundMode::kAbs, false},
+      {make_tensor("f16 waves rows of 100", DType::kFloat16, {200, 100}, Fill::kWaves, 12), 1e-2, BoundMode::kAbs,
+       false},
+      {make_tensor("f32 wave 1-D", DType::kFloat32, {20000}, Fill::kWaves, 13), 1e-2, BoundMode::kAbs, true},
   };
   std::vector<Sample> out;
   for (const auto& s : specs) {
@@ -110,6 +116,71 @@ void fix_header_crc(std::vector<uint8_t>* s) {
   const uint64_t hb = header_bytes_of(*s);
   if (hb < 8 || hb > s->size()) return;
   put_u32_le(s->data() + hb - 8, actzip::detail::crc32(0, s->data(), size_t(hb - 8)));
+}
+
+// Recomputes the payload checksum, where the stream has one, after a deliberate change.
+void fix_payload_crc(std::vector<uint8_t>* s) {
+  const uint64_t hb = header_bytes_of(*s);
+  if (!((*s)[6] & 1) || hb + 4 > s->size()) return;
+  put_u32_le(s->data() + s->size() - 4, actzip::detail::crc32(0, s->data() + hb, size_t(s->size() - 4 - hb)));
+}
+
+// Where a chunk lies and what its header and code-section table say (docs/FORMAT.md section 2).
+struct ChunkAt {
+  uint64_t start = 0;  // offset of the chunk header in the stream
+  uint8_t kind = 0, flags = 0;
+  uint32_t mask_bytes = 0, code_bytes = 0;
+  uint64_t code = 0;        // offset of the code section
+  uint32_t sign_bytes = 0;  // 0 where the code section is empty
+};
+
+uint64_t chunk_table_of(const std::vector<uint8_t>& s, uint32_t num_chunks) {
+  return header_bytes_of(s) - 8 - 8 * uint64_t(num_chunks);
+}
+
+std::vector<ChunkAt> chunks_of(const std::vector<uint8_t>& s) {
+  actzip::StreamInfo info;
+  std::vector<ChunkAt> out;
+  if (!actzip::read_info(s.data(), s.size(), &info).ok()) return out;
+  const uint64_t table = chunk_table_of(s, info.num_chunks);
+  for (uint32_t c = 0; c < info.num_chunks; ++c) {
+    ChunkAt ch;
+    ch.start = info.header_bytes + (c == 0 ? 0 : get_u64_le(s.data() + table + 8 * (c - 1)));
+    ch.kind = s[ch.start];
+    ch.flags = s[ch.start + 1];
+    ch.mask_bytes = get_u32_le(s.data() + ch.start + 8);
+    ch.code_bytes = get_u32_le(s.data() + ch.start + 12);
+    ch.code = ch.start + 16 + ch.mask_bytes;
+    if (ch.kind == 1 && ch.code_bytes >= 24) ch.sign_bytes = get_u32_le(s.data() + ch.code + 16);
+    out.push_back(ch);
+  }
+  return out;
+}
+
+// Whether the stream's shape lets a chunk use 2-D prediction: a last extent of 2 to 128.
+bool rows_allow_2d(const std::vector<uint8_t>& s) {
+  const uint8_t ndim = s[13];
+  if (ndim == 0) return false;
+  const uint64_t row = get_u64_le(s.data() + 40 + 8 * uint64_t(ndim - 1));
+  return row >= 2 && row <= 128;
+}
+
+// Grows (with zero bytes) or shrinks chunk c's sign stream by `delta` bytes, keeping
+// sign_bytes, code_bytes, the chunk table and both checksums consistent with it.
+std::vector<uint8_t> resize_sign_stream(std::vector<uint8_t> s, uint32_t c, int64_t delta) {
+  const std::vector<ChunkAt> chunks = chunks_of(s);
+  const ChunkAt ch = chunks[c];
+  const uint64_t end = ch.code + ch.code_bytes;  // the sign stream ends the code section
+  if (delta >= 0) s.insert(s.begin() + std::ptrdiff_t(end), size_t(delta), uint8_t(0));
+  else s.erase(s.begin() + std::ptrdiff_t(end) + std::ptrdiff_t(delta), s.begin() + std::ptrdiff_t(end));
+  put_u32_le(s.data() + ch.code + 16, uint32_t(int64_t(ch.sign_bytes) + delta));
+  put_u32_le(s.data() + ch.start + 12, uint32_t(int64_t(ch.code_bytes) + delta));
+  const uint64_t table = chunk_table_of(s, uint32_t(chunks.size()));
+  for (size_t k = c; k < chunks.size(); ++k)
+    put_u64_le(s.data() + table + 8 * k, uint64_t(int64_t(get_u64_le(s.data() + table + 8 * k)) + delta));
+  fix_header_crc(&s);
+  fix_payload_crc(&s);
+  return s;
 }
 
 // The three entry points on one (possibly broken) stream. Each must return kOk or
@@ -368,11 +439,13 @@ ACTZIP_TEST(payload_corruption_without_checksum_never_crashes) {
     if (s.checksum) continue;
     const uint64_t hb = header_bytes_of(s.stream);
     if (s.stream.size() == hb) continue;
-    actzip::StreamInfo info;
-    ACTZIP_REQUIRE(actzip::read_info(s.stream.data(), s.stream.size(), &info).ok(), "%s", s.name.c_str());
+    const std::vector<ChunkAt> chunks = chunks_of(s.stream);
+    ACTZIP_REQUIRE(!chunks.empty(), "%s", s.name.c_str());
+    const bool rows_2d = rows_allow_2d(s.stream);
     // Every bit of every chunk header.
-    uint64_t start = hb;
-    for (uint32_t c = 0; c < info.num_chunks; ++c) {
+    for (uint32_t c = 0; c < chunks.size(); ++c) {
+      const ChunkAt& ch = chunks[c];
+      const uint64_t start = ch.start;
       for (uint64_t i = start; i < start + 16 && i < s.stream.size(); ++i)
         for (int b = 0; b < 8; ++b) {
           std::vector<uint8_t> bad = s.stream;
@@ -381,14 +454,24 @@ ACTZIP_TEST(payload_corruption_without_checksum_never_crashes) {
           ACTZIP_CHECK(o.info == StatusCode::kOk && ok_or_format_error(o.valid) && ok_or_format_error(o.decoded),
                        "%s: chunk %u header byte %llu bit %d: %d/%d/%d", s.name.c_str(), c,
                        (unsigned long long)(i - start), b, int(o.info), int(o.valid), int(o.decoded));
-          // Reserved bytes and unknown flag bits are checked by validate() itself.
-          if (i - start == 2 || i - start == 3 || (i - start == 1 && b >= 2))
+          // Reserved bytes and the flags are checked by validate() itself: unknown bits, flags
+          // on a raw or zero chunk, both predictors, 2-D prediction where the rows do not allow
+          // it. A flip of bit 0 or 2 that names another valid predictor may decode (to other
+          // values) or not; one that leaves a sign stream without a Lorenzo predictor must not.
+          const uint8_t flags = bad[start + 1];
+          const bool header_rule = i - start == 2 || i - start == 3 ||
+                                   (i - start == 1 && (ch.kind != 1 || (flags & ~7) || (flags & 5) == 5 ||
+                                                       ((flags & 4) && !rows_2d)));
+          const bool orphan_signs = i - start == 1 && ch.kind == 1 && (flags & 5) == 0 && ch.sign_bytes != 0;
+          if (header_rule)
             ACTZIP_CHECK(o.valid == StatusCode::kFormatError && o.decoded == StatusCode::kFormatError,
                          "%s: chunk %u byte %llu bit %d accepted", s.name.c_str(), c,
                          (unsigned long long)(i - start), b);
+          if (orphan_signs)
+            ACTZIP_CHECK(o.decoded == StatusCode::kFormatError,
+                         "%s: chunk %u: flags 0x%02x with a sign stream of %u bytes decoded", s.name.c_str(), c, flags,
+                         ch.sign_bytes);
         }
-      const uint8_t* end_field = s.stream.data() + hb - 8 - 8 * uint64_t(info.num_chunks) + 8 * uint64_t(c);
-      start = hb + (uint64_t(get_u32_le(end_field)) | (uint64_t(get_u32_le(end_field + 4)) << 32));
     }
     // Random bit flips, byte stores and short overwrites anywhere in the payload.
     for (int trial = 0; trial < 3000; ++trial) {
@@ -407,6 +490,159 @@ ACTZIP_TEST(payload_corruption_without_checksum_never_crashes) {
       ACTZIP_CHECK(ok_or_format_error(o.valid) && ok_or_format_error(o.decoded), "%s: trial %d gave %d/%d",
                    s.name.c_str(), trial, int(o.valid), int(o.decoded));
     }
+  }
+}
+
+// The rules of the predictors and the sign stream (docs/FORMAT.md sections 2 and 3), broken
+// one at a time on every coded chunk of the corpus, with both checksums fixed so that the
+// rule itself is what the decoder meets. Chunk-header rules are validate()'s too; the code
+// section's are the decoder's.
+ACTZIP_TEST(broken_predictor_and_sign_stream_rules_are_format_errors) {
+  uint32_t seen_plain = 0, seen_lorenzo_signs = 0, seen_2d_signs = 0, seen_2d = 0;
+  for (const Sample& s : corpus()) {
+    const std::vector<ChunkAt> chunks = chunks_of(s.stream);
+    const bool rows_2d = rows_allow_2d(s.stream);
+    std::vector<uint8_t> decoded;
+    ACTZIP_REQUIRE(decode(s.stream, &decoded).ok(), "%s", s.name.c_str());
+    for (uint32_t c = 0; c < chunks.size(); ++c) {
+      const ChunkAt& ch = chunks[c];
+      if (ch.kind != 1) continue;
+      auto with_flags = [&](uint8_t flags) {
+        std::vector<uint8_t> bad = s.stream;
+        bad[ch.start + 1] = flags;
+        fix_payload_crc(&bad);
+        return bad;
+      };
+      auto header_rule_broken = [&](const std::vector<uint8_t>& bad, const char* rule) {
+        const Outcome o = try_all(bad);
+        ACTZIP_CHECK(o.info == StatusCode::kOk && o.valid == StatusCode::kFormatError &&
+                         o.decoded == StatusCode::kFormatError,
+                     "%s: chunk %u: %s gave %d/%d/%d", s.name.c_str(), c, rule, int(o.info), int(o.valid),
+                     int(o.decoded));
+      };
+      auto section_rule_broken = [&](const std::vector<uint8_t>& bad, const char* rule) {
+        const Outcome o = try_all(bad);
+        ACTZIP_CHECK(o.info == StatusCode::kOk && ok_or_format_error(o.valid) && o.decoded == StatusCode::kFormatError,
+                     "%s: chunk %u: %s gave %d/%d/%d", s.name.c_str(), c, rule, int(o.info), int(o.valid),
+                     int(o.decoded));
+      };
+      // Bits 0 and 2 both set; bit 2 where the last extent is not 2 to 128.
+      header_rule_broken(with_flags(uint8_t(ch.flags | 5)), "both predictor bits");
+      if (!rows_2d) header_rule_broken(with_flags(uint8_t((ch.flags & ~1) | 4)), "2-D prediction over these rows");
+      const bool predicted = (ch.flags & 5) != 0;
+      seen_2d += (ch.flags & 4) != 0;
+      if (ch.code_bytes == 0) continue;
+      seen_plain += !predicted;
+      seen_lorenzo_signs += (ch.flags & 1) && ch.sign_bytes > 0;
+      seen_2d_signs += (ch.flags & 4) && ch.sign_bytes > 0;
+      // The reserved table field, every bit of it.
+      for (int k = 0; k < 32; ++k) {
+        std::vector<uint8_t> bad = s.stream;
+        put_u32_le(bad.data() + ch.code + 20, 1u << k);
+        fix_payload_crc(&bad);
+        section_rule_broken(bad, "a non-zero reserved table field");
+      }
+      // sign_bytes that does not add up with the lanes to code_bytes.
+      for (int64_t d : {-8, -1, 1, 4, 8, 16}) {
+        if (int64_t(ch.sign_bytes) + d < 0) continue;
+        std::vector<uint8_t> bad = s.stream;
+        put_u32_le(bad.data() + ch.code + 16, uint32_t(int64_t(ch.sign_bytes) + d));
+        fix_payload_crc(&bad);
+        section_rule_broken(bad, "sign_bytes changed alone");
+      }
+      // A sign stream without a Lorenzo predictor, or longer than its bits need.
+      section_rule_broken(resize_sign_stream(s.stream, c, 8),
+                          predicted ? "8 more sign-stream bytes" : "a sign stream without a predictor");
+      section_rule_broken(resize_sign_stream(s.stream, c, 16), "16 more sign-stream bytes");
+      // A sign stream too short for its bits.
+      if (ch.sign_bytes >= 8) section_rule_broken(resize_sign_stream(s.stream, c, -8), "8 sign-stream bytes fewer");
+      if (ch.sign_bytes >= 16)
+        section_rule_broken(resize_sign_stream(s.stream, c, -int64_t(ch.sign_bytes)), "no sign stream");
+      // A Lorenzo chunk's predictor swapped for no prediction leaves its sign stream orphaned.
+      if (predicted && ch.sign_bytes > 0) section_rule_broken(with_flags(uint8_t(ch.flags & ~5)), "no predictor");
+      // The sign stream is what gives a q = 0 its sign: flipping its first bit flips the sign
+      // of one element (the chunk's first coded q = 0) and nothing else.
+      if (ch.sign_bytes > 0) {
+        std::vector<uint8_t> flipped = s.stream;
+        flipped[ch.code + ch.code_bytes - ch.sign_bytes] ^= 1;
+        fix_payload_crc(&flipped);
+        std::vector<uint8_t> out;
+        const actzip::Status st = decode(flipped, &out);
+        ACTZIP_REQUIRE(st.ok() && out.size() == decoded.size(), "%s: chunk %u: a flipped sign bit: %s",
+                       s.name.c_str(), c, st.message.c_str());
+        actzip::StreamInfo info;
+        ACTZIP_REQUIRE(actzip::read_info(s.stream.data(), s.stream.size(), &info).ok(), "read_info");
+        const size_t elem = actzip::element_size(info.dtype);
+        uint64_t changed = 0, first = 0;
+        bool only_sign = true;
+        for (uint64_t e = 0; e < info.numel; ++e) {
+          if (std::memcmp(out.data() + e * elem, decoded.data() + e * elem, elem) == 0) continue;
+          if (changed++ == 0) first = e;
+          for (size_t k = 0; k < elem; ++k)  // little-endian: the sign is bit 7 of the last byte
+            only_sign &= (out[e * elem + k] ^ decoded[e * elem + k]) == (k + 1 == elem ? 0x80 : 0);
+        }
+        ACTZIP_CHECK(changed == 1 && only_sign && first / actzip::kChunkElems == c,
+                     "%s: chunk %u: a flipped sign bit changed %llu elements (sign only: %d)", s.name.c_str(), c,
+                     (unsigned long long)changed, int(only_sign));
+      }
+    }
+  }
+  // The corpus has every kind of chunk these rules are about.
+  ACTZIP_CHECK(seen_plain > 0 && seen_lorenzo_signs > 0 && seen_2d_signs > 0 && seen_2d > 1,
+               "corpus: %u plain, %u Lorenzo with signs, %u 2-D with signs, %u 2-D chunks", seen_plain,
+               seen_lorenzo_signs, seen_2d_signs, seen_2d);
+}
+
+// A 2-D chunk whose stream's shape is changed (same element count, header checksum fixed) to
+// rows of 1 or of more than 128 is malformed, and validate() sees it in the chunk headers;
+// changed to other rows of 2 to 128 it is valid (and decodes to other values, or fails).
+ACTZIP_TEST(two_d_chunks_in_a_shape_that_does_not_allow_them_are_format_errors) {
+  for (const Sample& s : corpus()) {
+    if (s.name != "f32 waves 2-D") continue;
+    const std::vector<ChunkAt> chunks = chunks_of(s.stream);
+    ACTZIP_REQUIRE(chunks.size() == 1 && (chunks[0].flags & 4), "%s: flags 0x%02x", s.name.c_str(),
+                   chunks.empty() ? 0 : chunks[0].flags);
+    const std::vector<std::vector<uint64_t>> shapes = {{2, 4, 1024, 1}, {2, 4, 4, 256}, {1, 1, 1, 8192},
+                                                       {2, 4, 64, 16}, {8, 1, 8, 128}, {1, 1, 4096, 2}};
+    for (const auto& shape : shapes) {
+      std::vector<uint8_t> bad = s.stream;
+      for (size_t k = 0; k < 4; ++k) put_u64_le(bad.data() + 40 + 8 * k, shape[k]);
+      fix_header_crc(&bad);
+      const Outcome o = try_all(bad);
+      if (shape[3] >= 2 && shape[3] <= 128) {
+        // Other rows the 2-D predictor may use: valid, decoding to other values.
+        ACTZIP_CHECK(o.info == StatusCode::kOk && o.valid == StatusCode::kOk && ok_or_format_error(o.decoded),
+                     "rows of %llu: %d/%d/%d", (unsigned long long)shape[3], int(o.info), int(o.valid),
+                     int(o.decoded));
+      } else {
+        ACTZIP_CHECK(o.info == StatusCode::kOk && o.valid == StatusCode::kFormatError &&
+                         o.decoded == StatusCode::kFormatError,
+                     "rows of %llu: %d/%d/%d", (unsigned long long)shape[3], int(o.info), int(o.valid),
+                     int(o.decoded));
+      }
+    }
+  }
+}
+
+// A valid stream whose 2-D chunks start mid-row, made without the encoder: rows of 32 over two
+// chunks (each chunk starts at column 0), then the shape changed to rows that do not divide
+// 16384, so that the second chunk starts mid-row. Still valid: it must decode (or report a q
+// out of range), reading nothing outside the chunk, on one thread or several.
+ACTZIP_TEST(two_d_chunks_starting_mid_row_decode_without_reading_outside_the_chunk) {
+  const Tensor t = make_tensor("", DType::kFloat32, {768, 32}, Fill::kWaves, 14);
+  const Compressed z = compress(t, 1e-2);
+  ACTZIP_REQUIRE(z.status.ok(), "%s", z.status.message.c_str());
+  const std::vector<ChunkAt> chunks = chunks_of(z.stream);
+  ACTZIP_REQUIRE(chunks.size() == 2 && (chunks[0].flags & 4) && (chunks[1].flags & 4), "2-D chunks");
+  for (uint64_t row : {96ull, 48ull, 12ull, 3ull, 2ull, 64ull, 128ull}) {
+    std::vector<uint8_t> s = z.stream;
+    put_u64_le(s.data() + 40, t.numel() / row);
+    put_u64_le(s.data() + 48, row);
+    fix_header_crc(&s);
+    const Outcome one = try_all(s, 1), many = try_all(s, 2);
+    ACTZIP_CHECK(one.info == StatusCode::kOk && one.valid == StatusCode::kOk && ok_or_format_error(one.decoded),
+                 "rows of %llu: %d/%d/%d", (unsigned long long)row, int(one.info), int(one.valid), int(one.decoded));
+    ACTZIP_CHECK(many.decoded == one.decoded, "rows of %llu: threads disagree", (unsigned long long)row);
   }
 }
 

@@ -30,9 +30,11 @@ struct Case {
 std::vector<Case> cases() {
   std::vector<Case> out;
   const DType dtypes[] = {DType::kFloat32, DType::kFloat16, DType::kBFloat16};
+  // {171, 97} and {521, 33}: two chunks, the second starting mid-row (2-D prediction's edge).
   const std::vector<std::vector<uint64_t>> shapes = {{}, {0}, {1}, {7}, {16384}, {16385}, {3, 17, 331}, {2, 3, 5, 7, 11},
-                                                     {50000}};
-  const Fill fills[] = {Fill::kRelu, Fill::kNormal, Fill::kSpecials, Fill::kZeros, Fill::kConstant, Fill::kRamp};
+                                                     {50000}, {171, 97}, {521, 33}};
+  const Fill fills[] = {Fill::kRelu, Fill::kNormal, Fill::kSpecials, Fill::kZeros, Fill::kConstant, Fill::kRamp,
+                        Fill::kWaves};
   uint64_t seed = 1;
   for (DType dt : dtypes)
     for (const auto& shape : shapes)
@@ -123,6 +125,100 @@ ACTZIP_TEST(bytes_do_not_depend_on_the_thread_count) {
                    threads);
     }
   }
+}
+
+// Chunk c's flags byte (docs/FORMAT.md section 2), found through the chunk table.
+uint8_t chunk_flags(const std::vector<uint8_t>& stream, uint32_t c) {
+  actzip::StreamInfo info;
+  if (!actzip::read_info(stream.data(), stream.size(), &info).ok()) return 0xFF;
+  const uint64_t table = info.header_bytes - 8 - 8 * uint64_t(info.num_chunks);
+  const uint64_t start = info.header_bytes + (c == 0 ? 0 : get_u64_le(stream.data() + table + 8 * (c - 1)));
+  return stream[start] == 1 ? stream[start + 1] : 0;  // coded chunks only
+}
+
+ACTZIP_TEST(smooth_rows_of_every_allowed_width_are_coded_with_2d_prediction) {
+  // Rows of 2 to 128 over three chunks (for most widths the later chunks start mid-row), in
+  // every dtype: x[i][j] = a(i) + b(j) with a slow and b rough, which 2-D prediction codes
+  // almost exactly at any width. The 2-D predictor codes them, the stats count what the chunk
+  // flags say, the bound holds and the bytes do not depend on the thread count.
+  const DType dtypes[] = {DType::kFloat32, DType::kFloat16, DType::kBFloat16};
+  for (uint64_t row : {2ull, 3ull, 5ull, 17ull, 32ull, 33ull, 63ull, 64ull, 65ull, 100ull, 127ull, 128ull})
+    for (DType dt : dtypes) {
+      Tensor t = make_tensor("", dt, {(40000 + row - 1) / row, row}, Fill::kZeros, 0);
+      std::mt19937_64 rng(row);
+      std::vector<double> cols(row);
+      for (double& b : cols) b = double(rng() % 2001) / 1000.0 - 1.0;
+      for (uint64_t i = 0; i < t.numel(); ++i) t.set(i, float(2 * std::sin(0.002 * double(i / row)) + cols[i % row]));
+      const Compressed z = compress(t, 1e-2);
+      ACTZIP_REQUIRE(z.status.ok(), "W %llu: %s", (unsigned long long)row, z.status.message.c_str());
+      uint32_t flagged_2d = 0, flagged_1d = 0;
+      for (uint32_t c = 0; c < 3; ++c) {
+        const uint8_t f = chunk_flags(z.stream, c);
+        ACTZIP_CHECK((f & 5) != 5, "W %llu chunk %u: both predictors", (unsigned long long)row, c);
+        flagged_2d += (f & 4) != 0;
+        flagged_1d += (f & 1) != 0;
+      }
+      ACTZIP_CHECK(z.stats.lorenzo2d_chunks == flagged_2d && z.stats.lorenzo_chunks == flagged_1d,
+                   "W %llu dtype %d: stats %u/%u, flags %u/%u", (unsigned long long)row, int(dt),
+                   z.stats.lorenzo2d_chunks, z.stats.lorenzo_chunks, flagged_2d, flagged_1d);
+      ACTZIP_CHECK(flagged_2d == 3, "W %llu dtype %d: %u of 3 chunks use 2-D prediction", (unsigned long long)row,
+                   int(dt), flagged_2d);
+      std::vector<uint8_t> out;
+      ACTZIP_REQUIRE(decode(z.stream, &out).ok(), "W %llu: decode", (unsigned long long)row);
+      check_decoded(t, out, 1e-2, "2-D rows");
+      const Compressed many = compress(t, 1e-2, BoundMode::kAbs, false, 3);
+      ACTZIP_CHECK(many.status.ok() && many.stream == z.stream, "W %llu: 3 threads wrote other bytes",
+                   (unsigned long long)row);
+      std::vector<uint8_t> out_many;
+      ACTZIP_CHECK(decode(z.stream, &out_many, 3).ok() && out_many == out, "W %llu: 3 threads decode otherwise",
+                   (unsigned long long)row);
+    }
+}
+
+ACTZIP_TEST(tensors_whose_last_extent_is_not_2_to_128_never_use_2d_prediction) {
+  const std::vector<std::vector<uint64_t>> shapes = {{40000, 1}, {310, 129}, {40, 1000}, {40000}, {}, {1}, {3, 1}};
+  for (const auto& shape : shapes) {
+    const Tensor t = make_tensor("", DType::kFloat32, shape, Fill::kWaves, 3);
+    const Compressed z = compress(t, 1e-2);
+    ACTZIP_REQUIRE(z.status.ok(), "%s", z.status.message.c_str());
+    ACTZIP_CHECK(z.stats.lorenzo2d_chunks == 0, "%zu-D shape with last extent %llu: %u 2-D chunks", shape.size(),
+                 (unsigned long long)(shape.empty() ? 0 : shape.back()), z.stats.lorenzo2d_chunks);
+    for (uint32_t c = 0; c < (t.numel() + actzip::kChunkElems - 1) / actzip::kChunkElems; ++c)
+      ACTZIP_CHECK((chunk_flags(z.stream, c) & 4) == 0, "chunk %u flagged 2-D", c);
+    std::vector<uint8_t> out;
+    ACTZIP_REQUIRE(decode(z.stream, &out).ok(), "decode");
+    check_decoded(t, out, 1e-2, "no 2-D");
+  }
+}
+
+ACTZIP_TEST(values_rounding_to_q_zero_keep_their_signs_under_both_lorenzo_predictors) {
+  // Waves crossing zero (Lorenzo over rows of 20000, 2-D over rows of 50) with planted values
+  // of both signs below half a step: they decode to +-step / 4 with their own signs.
+  for (const std::vector<uint64_t>& shape : {std::vector<uint64_t>{20000}, std::vector<uint64_t>{400, 50}})
+    for (DType dt : {DType::kFloat32, DType::kFloat16, DType::kBFloat16}) {
+      Tensor t = make_tensor("", dt, shape, Fill::kWaves, 4);
+      const double bound = 1e-2;
+      const float step = ref_quant_step(bound);
+      const float planted[] = {0.01f, 0.25f, 0.49f, -0.01f, -0.25f, -0.49f};
+      for (uint64_t i = 101, k = 0; i < t.numel(); i += 397, ++k) t.set(i, planted[k % 6] * step);
+      const Compressed z = compress(t, bound);
+      ACTZIP_REQUIRE(z.status.ok(), "%s", z.status.message.c_str());
+      ACTZIP_CHECK((shape.size() == 1 ? z.stats.lorenzo_chunks : z.stats.lorenzo2d_chunks) == 2,
+                   "%zu-D dtype %d: predictors %u/%u", shape.size(), int(dt), z.stats.lorenzo_chunks,
+                   z.stats.lorenzo2d_chunks);
+      std::vector<uint8_t> out;
+      ACTZIP_REQUIRE(decode(z.stream, &out).ok(), "decode");
+      check_decoded(t, out, bound, "q = 0");
+      Tensor dec = t;
+      dec.bytes = out;
+      for (uint64_t i = 101; i < t.numel(); i += 397) {
+        const float want = std::signbit(t.at(i)) ? -step * 0.25f : step * 0.25f;
+        Tensor one = make_tensor("", dt, {1}, Fill::kZeros, 0);
+        one.set(0, want);  // +-step / 4 rounded to the dtype
+        ACTZIP_CHECK(dec.at(i) == one.at(0), "%zu-D dtype %d: element %llu: %a came back as %a, want %a", shape.size(),
+                     int(dt), (unsigned long long)i, double(t.at(i)), double(dec.at(i)), double(one.at(0)));
+      }
+    }
 }
 
 ACTZIP_TEST(incompressible_data_stays_within_compress_bound) {

@@ -83,6 +83,32 @@ def input_bf16_noise_5d() -> torch.Tensor:
     return torch.from_numpy(v).to(torch.bfloat16).reshape(2, 3, 4, 5, 7)
 
 
+def input_f32_images_2d() -> torch.Tensor:
+    # Image-like (N, C, H, W) = (2, 4, 32, 32): per (n, c) a quadratic surface
+    # a (h - ch)^2 + b (w - cw)^2 + d h w with small integer coefficients, a saddle or a bowl
+    # that crosses zero: smooth along both axes, so 2-D Lorenzo pays, and the values near its
+    # zero curves round to q = 0 with either sign (sign-stream bits). Multiples of 2^-12 below 2^11.
+    n, c, h, w = 2, 4, 32, 32
+    coef = small_ints(n * c * 5, 5, 15).reshape(n * c, 5)
+    hh = np.arange(h, dtype=np.int64).reshape(h, 1)
+    ww = np.arange(w, dtype=np.int64).reshape(1, w)
+    planes = []
+    for a, b, d, ch, cw in coef:
+        planes.append(a * (hh - 16 - ch) ** 2 + b * (ww - 16 - cw) ** 2 + d * hh * ww + 7 * (a + b) * 4)
+    v = np.stack(planes).astype(np.float32) * np.float32(2.0**-12)
+    return torch.from_numpy(v).reshape(n, c, h, w)
+
+
+def input_f32_wave_signs() -> torch.Tensor:
+    # A triangle wave of period 1280 between -320 and 320 units of 2^-10 (20 steps of 2^-6
+    # each way): Lorenzo pays, and around each crossing the values -7..7 units round to
+    # q = 0 (sign-stream bits of both signs) while 0 itself is an exact zero (a mask).
+    i = np.arange(2 * CHUNK_ELEMS + 3000, dtype=np.int64)
+    phase = i % 1280
+    t = np.where(phase < 640, phase - 320, 960 - phase)
+    return torch.from_numpy(t.astype(np.float32) * np.float32(2.0**-10))
+
+
 def input_f32_zeros() -> torch.Tensor:
     return torch.zeros(20000, dtype=torch.float32)
 
@@ -111,6 +137,8 @@ GOLDEN = {
     "f32_random_bits_raw": (input_f32_random_bits, 1e-30, "abs", False),
     "f32_scalar": (input_f32_scalar, 0.1, "abs", False),
     "f16_empty": (input_f16_empty, 1e-3, "abs", True),
+    "f32_images_2d_abs": (input_f32_images_2d, 2.0**-7, "abs", False),
+    "f32_wave_signs_abs": (input_f32_wave_signs, 2.0**-7, "abs", False),
 }
 
 
@@ -156,6 +184,48 @@ def chunk_start(s: bytes, c: int) -> int:
     return header_bytes(s) + (struct.unpack_from("<Q", s, table + 8 * (c - 1))[0] if c else 0)
 
 
+def chunk_flags(s: bytes, c: int) -> int:
+    return s[chunk_start(s, c) + 1]
+
+
+def code_section(s: bytes, c: int) -> int:
+    """Offset of chunk c's code section (its table: 4 lane lengths, sign_bytes, reserved)."""
+    start = chunk_start(s, c)
+    return start + 16 + struct.unpack_from("<I", s, start + 8)[0]
+
+
+def sign_stream(s: bytes, c: int):
+    """(offset, length) of chunk c's sign stream, the last part of its code section."""
+    code = code_section(s, c)
+    code_bytes = struct.unpack_from("<I", s, chunk_start(s, c) + 12)[0]
+    sign_bytes = struct.unpack_from("<I", s, code + 16)[0]
+    return code + code_bytes - sign_bytes, sign_bytes
+
+
+def resize_sign_stream(s: bytearray, c: int, delta: int) -> None:
+    """Grows (zero bytes) or shrinks chunk c's sign stream by delta bytes, keeping sign_bytes,
+    code_bytes and the chunk table consistent with it."""
+    at, length = sign_stream(s, c)
+    start, code = chunk_start(s, c), code_section(s, c)
+    end = at + length
+    if delta >= 0:
+        s[end:end] = bytes(delta)
+    else:
+        del s[end + delta:end]
+    struct.pack_into("<I", s, code + 16, length + delta)
+    struct.pack_into("<I", s, start + 12, struct.unpack_from("<I", s, start + 12)[0] + delta)
+    table, chunks = chunk_table(s)
+    for k in range(c, chunks):
+        struct.pack_into("<Q", s, table + 8 * k, struct.unpack_from("<Q", s, table + 8 * k)[0] + delta)
+
+
+def set_shape(s: bytearray, shape) -> None:
+    """Another shape of the same rank and element count."""
+    assert s[13] == len(shape)
+    for i, extent in enumerate(shape):
+        struct.pack_into("<Q", s, 40 + 8 * i, extent)
+
+
 def code_lengths_offset(s: bytes) -> int:
     """Offset of the code_symbols field."""
     pos = 40 + 8 * s[13]
@@ -167,6 +237,10 @@ def must_fail(streams: dict) -> dict:
     """name -> (bytes, the rule it breaks)."""
     good = streams["f32_relu_abs_checksum"]      # 2 coded chunks, payload checksum
     plain = streams["f32_specials_rel"]          # 1 coded chunk with outliers, no checksum
+    image = streams["f32_images_2d_abs"]         # (2, 4, 32, 32): 1 chunk, 2-D Lorenzo, sign bits
+    wave = streams["f32_wave_signs_abs"]         # 3 chunks, Lorenzo, masks, sign bits
+    assert chunk_flags(plain, 0) == 2 and chunk_flags(image, 0) == 6 and chunk_flags(wave, 0) == 3
+    assert sign_stream(image, 0)[1] == 8 and sign_stream(wave, 0)[1] > 8 and sign_stream(wave, 1)[1] > 8
     out = {}
 
     def edit(name, base, rule, fn, crc=True):
@@ -224,14 +298,37 @@ def must_fail(streams: dict) -> dict:
     edit("bad_chunk_reserved", plain, "the chunk header's reserved field must be 0",
          lambda s: s.__setitem__(chunk_start(s, 0) + 2, 1), crc=False)
     edit("bad_chunk_flags", plain, "unknown chunk flag bits must be 0",
+         lambda s: s.__setitem__(chunk_start(s, 0) + 1, s[chunk_start(s, 0) + 1] | 8), crc=False)
+    edit("bad_chunk_two_predictors", wave, "chunk flag bits 0 and 2 must not both be set",
+         lambda s: s.__setitem__(chunk_start(s, 1) + 1, s[chunk_start(s, 1) + 1] | 4), crc=False)
+    # The shape changed (same element count, header checksum fixed): the 2-D chunk is left
+    # in a tensor whose rows it may not use.
+    edit("bad_2d_rows_longer_than_128", image, "2-D Lorenzo only where the last extent is 2 to 128",
+         lambda s: set_shape(s, (2, 4, 4, 256)))
+    edit("bad_2d_rows_of_one", image, "2-D Lorenzo only where the last extent is 2 to 128",
+         lambda s: set_shape(s, (2, 4, 1024, 1)))
+    # The same for a chunk of no-prediction noise given the 2-D flag in a 1-D tensor of 1000.
+    edit("bad_2d_flag_in_rows_of_1000", plain, "2-D Lorenzo only where the last extent is 2 to 128",
          lambda s: s.__setitem__(chunk_start(s, 0) + 1, s[chunk_start(s, 0) + 1] | 4), crc=False)
+    edit("bad_code_table_reserved", image, "the code section table's reserved field must be 0",
+         lambda s: struct.pack_into("<I", s, code_section(s, 0) + 20, 1), crc=False)
+    edit("bad_sign_bytes_sum", wave, "24 + the lane lengths + sign_bytes must equal code_bytes",
+         lambda s: struct.pack_into("<I", s, code_section(s, 0) + 16, sign_stream(s, 0)[1] + 8), crc=False)
+    edit("bad_sign_stream_without_predictor", plain, "a sign stream only with a Lorenzo predictor",
+         lambda s: resize_sign_stream(s, 0, 8))
+    edit("bad_sign_stream_too_long", wave, "the sign stream has no more padding than its bits need",
+         lambda s: resize_sign_stream(s, 1, 8))
+    edit("bad_sign_stream_too_short", wave, "the sign stream holds a bit for every coded q = 0",
+         lambda s: resize_sign_stream(s, 0, -8))
+    edit("bad_sign_stream_missing", image, "the sign stream holds a bit for every coded q = 0",
+         lambda s: resize_sign_stream(s, 0, -8))
 
     def lane_table(s):  # lane 0 claims 8 more bytes: the lanes no longer add up
         start = chunk_start(s, 0)
         lanes = start + 16 + struct.unpack_from("<I", s, start + 8)[0]
         struct.pack_into("<I", s, lanes, struct.unpack_from("<I", s, lanes)[0] + 8)
 
-    edit("bad_lane_lengths", plain, "16 + the lane lengths must equal code_bytes",
+    edit("bad_lane_lengths", plain, "24 + the lane lengths + sign_bytes must equal code_bytes",
          lane_table, crc=False)
 
     def outlier_order(s):

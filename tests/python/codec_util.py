@@ -51,6 +51,32 @@ def relu_like(n: int, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
     return torch.clamp(smooth, min=0).to(dtype)
 
 
+def smooth_image(shape, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
+    """Image-like activations of shape (..., H, W): per leading index, a sum of three smooth
+    2-D waves with random amplitudes; smooth along both of the last two axes (2-D Lorenzo
+    pays), crossing zero along curves."""
+    g = torch.Generator().manual_seed(seed)
+    *lead, h, w = shape
+    hh = torch.arange(h, dtype=torch.float64).view(h, 1)
+    ww = torch.arange(w, dtype=torch.float64).view(1, w)
+    out = torch.zeros(*lead, h, w, dtype=torch.float64)
+    for _ in range(3):
+        fh, fw, ph, pw = (torch.rand(4, generator=g, dtype=torch.float64) * torch.tensor([0.3, 0.3, 6.3, 6.3])).tolist()
+        amp = torch.randn(*lead, 1, 1, generator=g, dtype=torch.float64)
+        out += amp * torch.sin(fh * hh + ph) * torch.cos(fw * ww + pw)
+    return out.to(dtype)
+
+
+def row_plus_column_field(h: int, w: int, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
+    """x[i, j] = a(i) + b(j), a slow (below 0.01 a row), b rough: 2-D Lorenzo predicts it
+    almost exactly at any width, while predicting along the flattened order pays for b's
+    jumps. Magnitudes up to 6."""
+    g = torch.Generator().manual_seed(seed)
+    a = 5 * torch.sin(torch.arange(h, dtype=torch.float64) * 0.002).view(h, 1)
+    b = (torch.rand(w, generator=g, dtype=torch.float64) * 2 - 1).view(1, w)
+    return (a + b).to(dtype)
+
+
 def specials(dtype=torch.float32) -> torch.Tensor:
     """NaN, +Inf, -Inf, -0.0, +0.0, the extremes of the dtype and subnormals."""
     info = torch.finfo(dtype)

@@ -1,8 +1,9 @@
 """A NumPy reference of the actzip stream format, written from docs/FORMAT.md alone.
 
 It knows nothing of the C++ code: it quantizes and classifies elements (section 3), maps
-codes to prediction values and symbols (sections 3 and 4), and reads and decodes a whole
-stream (sections 1, 2, 5 and 7, the code section's lanes included) with plain, slow Python. The tests compare actzip's streams
+codes to prediction values (the three predictors and the sign stream) and symbols (sections
+3 and 4), and reads and decodes a whole stream (sections 1, 2, 5 and 7, the code section's
+lanes and sign stream included) with plain, slow Python. The tests compare actzip's streams
 and decoded tensors with it bit for bit.
 
 Elements are handled as their bit patterns (``uint32`` for float32, ``uint16`` for float16
@@ -32,6 +33,11 @@ MAX_Q = 2**23 - 2     # largest |q| the encoder codes
 MAX_CODE = 2**23 - 1  # largest |c| a decoder accepts
 MAX_CODE_LEN = 12
 LANES = 4  # the code section's interleaved bit streams
+CODE_TABLE_BYTES = 4 * LANES + 8  # lane lengths, sign_bytes, a reserved 0
+MIN_2D_ROW, MAX_2D_ROW = 2, 128  # the last extents for which 2-D Lorenzo is allowed
+
+# chunk_flags bits (section 2)
+FLAG_LORENZO, FLAG_MASK, FLAG_LORENZO2D = 1, 2, 4
 
 ZERO, CODED, OUTLIER = 0, 1, 2
 KIND_RAW, KIND_CODED, KIND_ZERO = 0, 1, 2
@@ -207,10 +213,58 @@ def zigzag(d: np.ndarray) -> np.ndarray:
     return np.where(d >= 0, 2 * d, -2 * d - 1)
 
 
-def u_lorenzo(codes: np.ndarray) -> np.ndarray:
-    """Lorenzo: u = zigzag(c - c_prev), c_prev = 0 at the chunk start."""
+def code_to_q(codes: np.ndarray) -> np.ndarray:
+    """The rounded value q of signed codes c != 0: c = q + 1 for x > 0, q - 1 for x < 0."""
     codes = np.asarray(codes, dtype=np.int64)
-    return zigzag(np.diff(codes, prepend=0))
+    return codes - np.sign(codes)
+
+
+def q_to_code(q: int, negative: bool) -> int:
+    """The signed code of q; the sign bit decides only where q is 0 (section 3)."""
+    if q != 0:
+        return q + 1 if q > 0 else q - 1
+    return -1 if negative else 1
+
+
+def u_lorenzo(codes: np.ndarray) -> np.ndarray:
+    """Lorenzo over the coded elements: u = zigzag(q - q_prev), q_prev = 0 at the chunk start."""
+    q = code_to_q(codes)
+    return zigzag(np.diff(q, prepend=0))
+
+
+def row_2d(shape: Tuple[int, ...]) -> int:
+    """W, the row length 2-D Lorenzo works on, or 0 where the format does not allow it."""
+    if not shape or not MIN_2D_ROW <= shape[-1] <= MAX_2D_ROW:
+        return 0
+    return shape[-1]
+
+
+def predict_2d(g, i: int, chunk_start: int, row: int) -> int:
+    """The 2-D Lorenzo prediction of chunk position i from g (q of the coded elements of the
+    chunk, 0 for zeros and outliers), section 3: a left neighbour where the column is not 0,
+    an upper one from the second row of the chunk on, the upper-left one where both are; a
+    neighbour outside the chunk is absent (a chunk never refers to another), counting as 0."""
+    left = (chunk_start + i) % row != 0 and i >= 1
+    up = i >= row
+    upper_left = left and up and i - row - 1 >= 0
+    p = (g[i - 1] if left else 0) + (g[i - row] if up else 0) - (g[i - row - 1] if upper_left else 0)
+    return max(-MAX_Q, min(MAX_Q, p))
+
+
+def u_lorenzo2d(codes: np.ndarray, coded_mask: np.ndarray, chunk_start: int, row: int) -> np.ndarray:
+    """2-D Lorenzo: u = zigzag(q - prediction) for the coded elements of one chunk, in order.
+    codes are the coded elements' signed codes; coded_mask says which positions they fill."""
+    coded_mask = np.asarray(coded_mask, dtype=bool)
+    g = np.zeros(coded_mask.size, dtype=np.int64)
+    g[coded_mask] = code_to_q(codes)
+    prediction = np.array([predict_2d(g, int(i), chunk_start, row) for i in np.nonzero(coded_mask)[0]], dtype=np.int64)
+    return zigzag(g[coded_mask] - prediction)
+
+
+def sign_bits(codes: np.ndarray) -> List[int]:
+    """The sign stream of a Lorenzo chunk: 1 (negative) or 0 for each coded element with q = 0."""
+    codes = np.asarray(codes, dtype=np.int64)
+    return [int(c < 0) for c in codes if abs(c) == 1]
 
 
 def symbol_of(u: int, k: int) -> Tuple[int, int]:
@@ -248,7 +302,9 @@ class Chunk:
     count: int = 0
     coded_mask: np.ndarray = None                        # True where the element is coded
     codes: List[int] = field(default_factory=list)       # signed codes of the coded elements
+    q: List[int] = field(default_factory=list)           # their rounded values
     u: List[int] = field(default_factory=list)           # their prediction values
+    signs: List[int] = field(default_factory=list)       # the sign stream's bits, in order
     outlier_pos: List[int] = field(default_factory=list)
     outlier_bits: List[int] = field(default_factory=list)
     raw_bits: np.ndarray = None
@@ -256,6 +312,8 @@ class Chunk:
     code_bytes: int = 0
     mask_bits_used: int = 0                              # bits the mask symbols took
     code_bits_used: int = 0                              # bits of all lanes together
+    lane_bytes: List[int] = field(default_factory=list)
+    sign_bytes: int = 0
 
 
 def _u16(b, o):
@@ -409,8 +467,14 @@ class BitReader:
     def integer(self, nbits: int) -> int:
         return sum(self.bit() << i for i in range(nbits))
 
+    def check_padding(self):
+        """A stream of B bits occupies exactly pad8(ceil(B / 8)) bytes (section 5)."""
+        if pad8((self.pos + 7) // 8) != len(self.bits) // 8:
+            raise FormatError("a bit stream with more padding than its symbols need")
+
 
 def _chunk(buf: bytes, h: Header, c: int, mask_table, code_table) -> Chunk:
+    """Chunk c, read and checked (section 2), its values decoded (section 3)."""
     es = ELEM_SIZE[h.dtype]
     start = h.header_bytes + (h.chunk_end[c - 1] if c else 0)
     span = h.header_bytes + h.chunk_end[c] - start
@@ -436,9 +500,14 @@ def _chunk(buf: bytes, h: Header, c: int, mask_table, code_table) -> Chunk:
         return Chunk(KIND_RAW, count=count, raw_bits=raw.copy())
     if kind != KIND_CODED:
         raise FormatError("unknown chunk kind")
-    if flags & ~3:
+    if flags & ~(FLAG_LORENZO | FLAG_MASK | FLAG_LORENZO2D):
         raise FormatError("unknown chunk flags")
-    has_mask, lorenzo = bool(flags & 2), bool(flags & 1)
+    has_mask, lorenzo, lorenzo2d = bool(flags & FLAG_MASK), bool(flags & FLAG_LORENZO), bool(flags & FLAG_LORENZO2D)
+    if lorenzo and lorenzo2d:
+        raise FormatError("chunk flags bits 0 and 2 both set")
+    row = row_2d(h.shape)
+    if lorenzo2d and not row:
+        raise FormatError("2-D Lorenzo in a tensor whose last extent is not between 2 and 128")
     if outliers > count or mask_bytes % 8 or code_bytes % 8:
         raise FormatError("chunk header fields out of range")
     if not has_mask and (mask_bytes or outliers):
@@ -449,6 +518,7 @@ def _chunk(buf: bytes, h: Header, c: int, mask_table, code_table) -> Chunk:
     if has_mask:
         r = BitReader(buf[body:body + mask_bytes])
         mask = bytes(r.symbol(mask_table) for _ in range((count + 7) // 8))
+        r.check_padding()
         ch.mask_bits_used = r.pos
         coded = np.unpackbits(np.frombuffer(mask, dtype=np.uint8), bitorder="little").astype(bool)
         if coded[count:].any():
@@ -460,17 +530,26 @@ def _chunk(buf: bytes, h: Header, c: int, mask_table, code_table) -> Chunk:
     n_coded = int(coded.sum())
     section = buf[body + mask_bytes:body + mask_bytes + code_bytes]
     u_values = [0] * n_coded
+    sign_stream = None
     if n_coded == 0:
         if code_bytes:
             raise FormatError("code section present without coded elements")
     else:
-        if code_bytes < 4 * LANES:
-            raise FormatError("code section shorter than its lane table")
+        if code_bytes < CODE_TABLE_BYTES:
+            raise FormatError("code section shorter than its table")
         lane_bytes = [_u32(section, 4 * lane) for lane in range(LANES)]
-        if any(n % 8 for n in lane_bytes) or 4 * LANES + sum(lane_bytes) != code_bytes:
-            raise FormatError("lane lengths do not add up to the code section")
+        sign_bytes = _u32(section, 4 * LANES)
+        if _u32(section, 4 * LANES + 4) != 0:
+            raise FormatError("non-zero reserved field in the code section's table")
+        if any(n % 8 for n in lane_bytes) or sign_bytes % 8:
+            raise FormatError("a lane or the sign stream is not a multiple of 8 bytes")
+        if CODE_TABLE_BYTES + sum(lane_bytes) + sign_bytes != code_bytes:
+            raise FormatError("the lanes and the sign stream do not add up to the code section")
+        if sign_bytes and not (lorenzo or lorenzo2d):
+            raise FormatError("a sign stream without a Lorenzo predictor")
+        ch.lane_bytes, ch.sign_bytes = lane_bytes, sign_bytes
         k = h.direct_log2
-        at = 4 * LANES
+        at = CODE_TABLE_BYTES
         for lane in range(LANES):
             r = BitReader(section[at:at + lane_bytes[lane]])
             at += lane_bytes[lane]
@@ -481,20 +560,50 @@ def _chunk(buf: bytes, h: Header, c: int, mask_table, code_table) -> Chunk:
                 else:
                     b = sym - (1 << k) + k
                     u_values[t] = (1 << b) + r.integer(b)
+            r.check_padding()
             ch.code_bits_used += r.pos
-    prev = 0
-    for u in u_values:
+        sign_stream = BitReader(section[at:at + sign_bytes])
+    ch.u = list(u_values)
+
+    def unzigzag(u: int) -> int:
+        return u >> 1 if u % 2 == 0 else -(u >> 1) - 1
+
+    if lorenzo or lorenzo2d:
         if lorenzo:
-            d = u >> 1 if u % 2 == 0 else -(u >> 1) - 1
-            cv = prev + d
+            q_prev = 0
+            for u in u_values:
+                q_prev += unzigzag(u)
+                if abs(q_prev) > MAX_Q:
+                    raise FormatError("decoded q out of range")
+                ch.q.append(q_prev)
         else:
+            g = [0] * count  # q of the coded elements, 0 for zeros and outliers
+            start = c * CHUNK_ELEMS
+            t = 0
+            for i in np.nonzero(coded)[0].tolist():
+                q = predict_2d(g, i, start, row) + unzigzag(u_values[t])
+                if abs(q) > MAX_Q:
+                    raise FormatError("decoded q out of range")
+                g[i] = q
+                ch.q.append(q)
+                t += 1
+        # The sign stream: one bit for each coded element whose q is 0, in element order.
+        for q in ch.q:
+            negative = False
+            if q == 0:
+                negative = bool(sign_stream.bit())
+                ch.signs.append(int(negative))
+            ch.codes.append(q_to_code(q, negative))
+        if sign_stream is not None:
+            sign_stream.check_padding()
+    else:
+        for u in u_values:
             cv = (u >> 1) + 1
             cv = -cv if u % 2 else cv
-        if cv == 0 or abs(cv) > MAX_CODE:
-            raise FormatError("decoded code out of range")
-        prev = cv
-        ch.u.append(u)
-        ch.codes.append(cv)
+            if abs(cv) > MAX_CODE:
+                raise FormatError("decoded code out of range")
+            ch.codes.append(cv)
+            ch.q.append(cv - 1 if cv > 0 else cv + 1)
     pos_at = body + mask_bytes + code_bytes
     val_at = pos_at + pad8(2 * outliers)
     last = -1

@@ -12,9 +12,12 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import actzip
-from codec_util import DEVICES, DTYPES, as_float64, bits_of, check_bound, from_bits, relu_like, specials
+from codec_util import (DEVICES, DTYPES, as_float64, bits_of, check_bound, from_bits, relu_like, row_plus_column_field,
+                        smooth_image, specials)
 
-SHAPES = [(), (0,), (4, 0, 3), (1,), (7,), (13, 17), (3, 5, 7), (2, 3, 5, 7), (2, 3, 1, 5, 11), (16385,), (3, 11003)]
+# Rows of 33 and 97 over two chunks: the second chunk starts mid-row (2-D Lorenzo's edge).
+SHAPES = [(), (0,), (4, 0, 3), (1,), (7,), (13, 17), (3, 5, 7), (2, 3, 5, 7), (2, 3, 1, 5, 11), (16385,), (3, 11003),
+          (521, 33), (171, 97)]
 MODES = ["abs", "rel"]
 
 
@@ -222,6 +225,36 @@ def test_property_bytes_do_not_depend_on_the_thread_count(dtype, n, seed, bound,
         actzip.set_num_threads(saved)
     assert streams[0] == streams[1] == streams[2]
     assert np.array_equal(decoded[0], decoded[1]) and np.array_equal(decoded[0], decoded[2])
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: smooth_image((3, 8, 32, 32), 20),
+        lambda: torch.relu(row_plus_column_field(700, 33, 21)),  # chunks start mid-row; zeros
+        lambda: row_plus_column_field(400, 100, 22, torch.bfloat16),
+        lambda: smooth_image((40, 3, 7, 128), 23, torch.float16),
+    ],
+    ids=["f32-32x32", "f32-relu-rows-of-33", "bf16-rows-of-100", "f16-rows-of-128"],
+)
+def test_images_give_the_same_bytes_on_any_thread_count_and_keep_the_bound(make):
+    # Inputs the 2-D predictor codes, over several chunks.
+    x = make()
+    planted = x.view(-1)[7::1001]
+    planted.copy_(torch.tensor([math.nan, -0.0, math.inf, 1e-30, -1e-30], dtype=x.dtype).repeat(planted.numel())[
+        : planted.numel()])
+    streams = []
+    saved = actzip.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            actzip.set_num_threads(threads)
+            ct = actzip.compress(x, 1e-2)
+            streams.append(ct.to_bytes())
+    finally:
+        actzip.set_num_threads(saved)
+    assert streams[0] == streams[1] == streams[2]
+    assert ct.stats["lorenzo2d_chunks"] > 0
+    check_bound(x, actzip.decompress(ct), 1e-2)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -96,8 +96,20 @@ WORKER = textwrap.dedent(
 )
 
 
+def _image_with_signs() -> torch.Tensor:
+    """Smooth 2-D waves in rows of 50 over two chunks (the second starts mid-row), crossing
+    zero, with zeros and NaNs: 2-D Lorenzo with masks, outliers and sign bits."""
+    h = torch.arange(340, dtype=torch.float64).view(340, 1)
+    w = torch.arange(50, dtype=torch.float64).view(1, 50)
+    x = torch.sin(0.05 * h) * torch.cos(0.07 * w)
+    x[x.abs() > 0.9] = 0.0
+    x.view(-1)[::211] = float("nan")
+    return x.to(torch.float32)
+
+
 def _seed_streams(folder: Path) -> None:
-    """Small streams covering every chunk kind, both predictors, masks, outliers and checksums."""
+    """Small streams covering every chunk kind, every predictor, masks, outliers, sign
+    streams and checksums."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(20000, generator=g)
     relu = torch.clamp(x, min=0)
@@ -109,6 +121,7 @@ def _seed_streams(folder: Path) -> None:
         actzip.compress(x[:500].to(torch.bfloat16), 0.1, checksum=True),
         actzip.compress(torch.zeros(17000), 1e-3),                          # zero chunks
         actzip.compress(x[:300], 1e-30),                                    # raw chunk
+        actzip.compress(_image_with_signs(), 1e-2),                         # 2-D Lorenzo, sign streams
     ]
     for i, ct in enumerate(tensors):
         (folder / f"seed_{i}.azip").write_bytes(ct.to_bytes())

@@ -8,7 +8,9 @@ value, bit for bit.
 
 import math
 import struct
+import zlib
 from fractions import Fraction
+from typing import List, NamedTuple
 
 import numpy as np
 import pytest
@@ -18,10 +20,16 @@ from hypothesis import strategies as st
 
 import actzip
 import reference as ref
-from codec_util import DTYPE_CODE, bits_of, from_bits, relu_like
+from codec_util import DTYPE_CODE, DTYPES, bits_of, from_bits, relu_like, row_plus_column_field, smooth_image
 
 
-def check_stream_against_reference(x, bound: float, mode: str = "abs") -> ref.Header:
+class Checked(NamedTuple):
+    header: ref.Header
+    chunks: List[ref.Chunk]  # as the reference read them
+    ct: actzip.CompressedTensor
+
+
+def check_stream_against_reference(x, bound: float, mode: str = "abs") -> Checked:
     """Compresses x with actzip and checks the stream and its decoding against the reference."""
     ct = actzip.compress(x, bound, mode=mode)
     stream = ct.to_bytes()
@@ -57,8 +65,20 @@ def check_stream_against_reference(x, bound: float, mode: str = "abs") -> ref.He
             view_cls[ch.outlier_pos] = ref.OUTLIER
             assert ch.outlier_bits == bits[sl][ch.outlier_pos].astype(np.int64).tolist(), f"chunk {c}: outlier bits"
             got = np.array(ch.codes, dtype=np.int64)
-            u = ref.u_lorenzo(got) if ch.flags & 1 else ref.u_none(got)
+            # The prediction values, from the codes by the reference's encoder side.
+            if ch.flags & ref.FLAG_LORENZO2D:
+                u = ref.u_lorenzo2d(got, ch.coded_mask, c * ref.CHUNK_ELEMS, ref.row_2d(h.shape))
+            elif ch.flags & ref.FLAG_LORENZO:
+                u = ref.u_lorenzo(got)
+            else:
+                u = ref.u_none(got)
             assert np.array_equal(np.array(ch.u, dtype=np.int64), u), f"chunk {c}: prediction values differ"
+            # The sign stream: a bit for each coded q = 0 under a Lorenzo predictor, none otherwise.
+            if ch.flags & (ref.FLAG_LORENZO | ref.FLAG_LORENZO2D):
+                assert ch.signs == ref.sign_bits(got), f"chunk {c}: sign stream"
+                assert ch.sign_bytes == ref.pad8((len(ch.signs) + 7) // 8), f"chunk {c}: sign stream length"
+            else:
+                assert ch.signs == [] and ch.sign_bytes == 0, f"chunk {c}: a sign stream without a Lorenzo predictor"
             # A section holds its symbols and zero padding to the next multiple of 8 bytes.
             assert ch.mask_bytes == ref.pad8((ch.mask_bits_used + 7) // 8)
     # Classes and codes as the reference quantizer has them; at an exact tie the encoder may
@@ -93,12 +113,30 @@ def check_stream_against_reference(x, bound: float, mode: str = "abs") -> ref.He
     counts = tuple(int((final_cls == k).sum()) for k in (ref.ZERO, ref.CODED, ref.OUTLIER))
     if not (cl.tie & ~known).any():
         assert (stats["zeros"], stats["coded"], stats["outliers"]) == counts
-    return h
+    # ... and the predictors its chunks say they use.
+    coded_chunks = [ch for ch in chunks if ch.kind == ref.KIND_CODED]
+    assert stats["lorenzo_chunks"] == sum(1 for ch in coded_chunks if ch.flags & ref.FLAG_LORENZO)
+    assert stats["lorenzo2d_chunks"] == sum(1 for ch in coded_chunks if ch.flags & ref.FLAG_LORENZO2D)
+    return Checked(h, chunks, ct)
 
 
 def _normal(n, seed, dtype=torch.float32, scale=1.0):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(n, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+
+def _with_nans(x, every):
+    x = x.clone()
+    x.view(-1)[::every] = float("nan")
+    return x
+
+
+def _zero_crossing_wave(n, bound, dtype=torch.float32):
+    """A slow wave of amplitude 20 steps: around each of its zero crossings some 16 values
+    quantize to q = 0, half of them positive, half negative (the sign stream's elements)."""
+    step = ref.quant_step_for(bound)
+    i = torch.arange(n, dtype=torch.float64)
+    return (20 * step * torch.sin(i * (2 * math.pi / 2000))).to(dtype)
 
 
 CASES = {
@@ -110,6 +148,24 @@ CASES = {
     "bf16 relu rel": (lambda: relu_like(17000, 6, torch.bfloat16), 1e-3, "rel"),
     "f32 smooth ramp (Lorenzo)": (lambda: torch.linspace(-3, 5, 30000, dtype=torch.float32), 1e-4, "abs"),
     "f16 smooth ramp (Lorenzo)": (lambda: torch.linspace(-30, 50, 20000).to(torch.float16), 1e-3, "abs"),
+    "f32 noise (no prediction)": (lambda: _normal(20000, 11), 1e-2, "abs"),
+    "f32 images (4, 8, 32, 32) (2-D Lorenzo)": (lambda: smooth_image((4, 8, 32, 32), 12), 1e-3, "abs"),
+    "bf16 images after ReLU, NaNs, rel (2-D Lorenzo, masks, outliers)": (
+        lambda: _with_nans(torch.relu(smooth_image((2, 8, 32, 32), 13)), 97).to(torch.bfloat16),
+        1e-2,
+        "rel",
+    ),
+    "f16 rows of 100, 3 chunks starting mid-row (2-D Lorenzo)": (
+        lambda: row_plus_column_field(400, 100, 14, torch.float16),
+        1e-2,
+        "abs",
+    ),
+    "f32 rows of 48 after ReLU, 2 chunks starting mid-row": (
+        lambda: torch.relu(row_plus_column_field(500, 48, 15) - 2),
+        1e-2,
+        "abs",
+    ),
+    "f32 wave crossing zero (Lorenzo, sign stream)": (lambda: _zero_crossing_wave(30000, 1e-2), 1e-2, "abs"),
     "f32 subnormals, tiny bound": (lambda: _normal(4000, 7) * 1e-39, 1e-44, "abs"),
     "f32 huge values": (lambda: _normal(4000, 8) * 1e37, 1e34, "abs"),
     "f16 near the overflow threshold": (lambda: torch.linspace(60000, 65504, 2000).to(torch.float16), 100.0, "abs"),
@@ -149,7 +205,7 @@ def test_ties_use_a_nearest_integer_that_passes_the_check(bound):
     k = np.arange(1, 3000, dtype=np.float64)
     x = torch.tensor(np.concatenate([(k + 0.5) * step, -(k + 0.5) * step, k * step]), dtype=torch.float32)
     assert np.array_equal(x.numpy().astype(np.float64)[: k.size], (k + 0.5) * step)
-    h = check_stream_against_reference(x, bound)
+    h = check_stream_against_reference(x, bound).header
     assert h.quant_step == step
     if bound == step / 2:
         ct = actzip.compress(x, bound)
@@ -179,6 +235,105 @@ def test_smooth_data_is_coded_with_lorenzo_prediction():
     ct = actzip.compress(x, 1e-4)
     _, chunks = ref.read_stream(ct.to_bytes())
     assert any(ch.kind == ref.KIND_CODED and ch.flags & 1 for ch in chunks)
+
+
+def _predictor_chunks(chunks: List[ref.Chunk], flag: int) -> int:
+    return sum(1 for ch in chunks if ch.kind == ref.KIND_CODED and ch.flags & flag)
+
+
+@pytest.mark.parametrize("width", [96, 48, 12, 3, 2])
+def test_2d_stream_reshaped_so_chunks_start_mid_row_decodes_like_the_reference(width):
+    # A stream made with rows of 32 (every chunk starts at column 0), its shape changed to rows
+    # that do not divide 16384: still a valid stream, whose second chunk now starts mid-row.
+    # actzip and the reference decode it alike (or both reject a q out of range).
+    x = row_plus_column_field(768, 32, seed=24)
+    ct = actzip.compress(x, 1e-2)
+    assert ct.stats["lorenzo2d_chunks"] == 2
+    stream = bytearray(ct.to_bytes())
+    struct.pack_into("<QQ", stream, 40, x.numel() // width, width)
+    hb = struct.unpack_from("<I", stream, 8)[0]
+    struct.pack_into("<I", stream, hb - 8, zlib.crc32(bytes(stream[:hb - 8])))
+    stream = bytes(stream)
+    try:
+        _, want = ref.decode(stream)
+    except ref.FormatError:
+        with pytest.raises(actzip.FormatError):
+            actzip.decompress(actzip.CompressedTensor.from_bytes(stream))
+        return
+    got = actzip.decompress(actzip.CompressedTensor.from_bytes(stream))
+    assert got.shape == (x.numel() // width, width)
+    assert np.array_equal(bits_of(got), want)
+
+
+def test_noise_is_coded_without_prediction():
+    x = _normal(40000, 16)
+    ct = actzip.compress(x, 1e-2)
+    _, chunks = ref.read_stream(ct.to_bytes())
+    assert len(chunks) == 3 and all(ch.kind == ref.KIND_CODED for ch in chunks)
+    assert all(ch.flags & (ref.FLAG_LORENZO | ref.FLAG_LORENZO2D) == 0 for ch in chunks)
+    assert ct.stats["lorenzo_chunks"] == ct.stats["lorenzo2d_chunks"] == 0
+
+
+def test_smooth_images_are_coded_with_2d_lorenzo_prediction():
+    # Image-like activations (N, C, 32, 32): the stats and the stream say the 2-D predictor
+    # codes the chunks, and it beats prediction along the flattened order.
+    x = smooth_image((4, 16, 32, 32), 17)
+    ct = actzip.compress(x, 1e-3)
+    chunks = -(-x.numel() // ref.CHUNK_ELEMS)
+    assert ct.stats["lorenzo2d_chunks"] == chunks and ct.stats["lorenzo_chunks"] == 0
+    # The same values in rows of 1024 (above 128: no 2-D prediction) cost more.
+    flat = actzip.compress(x.reshape(-1, 1024), 1e-3)
+    assert flat.stats["lorenzo2d_chunks"] == 0 and flat.stats["lorenzo_chunks"] == chunks
+    assert ct.nbytes < flat.nbytes
+    # (check_stream_against_reference checks that the stats count what the chunk flags say.)
+    assert _predictor_chunks(check_stream_against_reference(x[:1], 1e-3).chunks, ref.FLAG_LORENZO2D) == 1
+
+
+@pytest.mark.parametrize("width", [2, 3, 5, 17, 32, 33, 100, 127, 128])
+def test_rows_of_every_allowed_width_use_2d_lorenzo_and_match_the_reference(width):
+    # Two chunks or more; for widths that do not divide 16384 the second chunk starts mid-row.
+    x = row_plus_column_field(-(-20000 // width), width, seed=width)
+    assert _predictor_chunks(check_stream_against_reference(x, 1e-2).chunks, ref.FLAG_LORENZO2D) == 2
+
+
+@pytest.mark.parametrize("shape", [(20000, 1), (160, 129), (20, 1000), (20000,), ()], ids=str)
+def test_tensors_whose_last_extent_is_not_2_to_128_never_use_2d_lorenzo(shape):
+    n = math.prod(shape)
+    x = row_plus_column_field(max(n // shape[-1], 1), shape[-1], seed=18).reshape(shape) if shape else torch.tensor(2.5)
+    checked = check_stream_against_reference(x, 1e-2)
+    assert checked.ct.stats["lorenzo2d_chunks"] == 0 == _predictor_chunks(checked.chunks, ref.FLAG_LORENZO2D)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("predictor", ["lorenzo", "lorenzo2d"])
+def test_values_rounding_to_q_zero_keep_their_sign_through_the_sign_stream(dtype, predictor):
+    # Smooth data crossing zero, so that a Lorenzo predictor codes it, with planted values of
+    # both signs that round to q = 0 (|x| < step / 2): each decodes to +-step / 4 with its own
+    # sign, the sign coming from the chunk's sign stream.
+    bound = 1e-2
+    step = ref.quant_step_for(bound)
+    if predictor == "lorenzo":
+        x = _zero_crossing_wave(30000, bound, torch.float64)
+        flag = ref.FLAG_LORENZO
+    else:
+        x = smooth_image((2, 16, 32, 32), 19, torch.float64)
+        flag = ref.FLAG_LORENZO2D
+    flat = x.view(-1)
+    planted = torch.arange(101, flat.numel(), 397)
+    fractions = torch.tensor([0.01, 0.25, 0.49, -0.01, -0.25, -0.49], dtype=torch.float64)
+    flat[planted] = fractions[torch.arange(planted.numel()) % fractions.numel()] * step
+    x = x.to(dtype)
+    checked = check_stream_against_reference(x, bound)
+    chunks = checked.chunks
+    assert all(ch.kind == ref.KIND_CODED and ch.flags & flag for ch in chunks), [ch.flags for ch in chunks]
+    signs = [b for ch in chunks for b in ch.signs]
+    assert len(signs) > 2 * planted.numel() // 3 and 0 < sum(signs) < len(signs), "sign bits of both values"
+    assert all(ch.sign_bytes == ref.pad8((len(ch.signs) + 7) // 8) for ch in chunks)
+    # The planted values come back as +-step / 4 (rounded to the dtype), with their signs.
+    y = actzip.decompress(checked.ct)
+    want = ref.reconstruct(np.where(flat[planted].numpy() < 0, -1, 1), step, DTYPE_CODE[dtype])
+    assert np.array_equal(bits_of(y)[planted.numpy()], want)
+    assert np.array_equal(np.signbit(y.double().view(-1)[planted].numpy()), np.signbit(flat[planted].numpy()))
 
 
 def test_huge_bound_gets_the_largest_step_of_the_format():
@@ -260,3 +415,29 @@ def _bit_arrays(draw):
 )
 def test_any_input_matches_the_reference(x, log_bound, mode):
     check_stream_against_reference(x, math.pow(10.0, log_bound), mode)
+
+
+@st.composite
+def _row_column_fields(draw):
+    """Rows of 1 to 130 values: x[i, j] = (a(i) + b(j)) * scale with a a slow random walk and
+    b arbitrary, so that 2-D Lorenzo often pays; some elements replaced by zeros, NaN, Inf,
+    -0.0 and values far below the bound (q = 0, in the sign stream)."""
+    dtype = draw(st.sampled_from([torch.float32, torch.float16, torch.bfloat16]))
+    width = draw(st.integers(1, 130))
+    height = draw(st.integers(1, 40))
+    walk = np.cumsum(draw(st.lists(st.integers(-2, 2), min_size=height, max_size=height)))
+    cols = np.array(draw(st.lists(st.integers(-300, 300), min_size=width, max_size=width)))
+    scale = draw(st.sampled_from([2.0**-10, 1e-3, 0.37, 1.0]))
+    x = (walk[:, None] + cols[None, :]).astype(np.float64) * scale
+    specials = st.sampled_from([0.0, -0.0, math.nan, math.inf, -math.inf, 1e-3 * scale, -1e-3 * scale])
+    for index, value in draw(st.lists(st.tuples(st.integers(0, x.size - 1), specials), max_size=12)):
+        x.flat[index] = value
+    return torch.from_numpy(x).to(dtype), scale
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(field=_row_column_fields(), bound_to_scale=st.floats(0.05, 3.0), mode=st.sampled_from(["abs", "rel"]))
+def test_any_image_like_input_matches_the_reference(field, bound_to_scale, mode):
+    x, scale = field
+    bound = bound_to_scale * scale if mode == "abs" else bound_to_scale * 1e-3
+    check_stream_against_reference(x, bound, mode)
