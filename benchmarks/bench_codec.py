@@ -28,6 +28,8 @@ Usage::
 
     PYTHONPATH=python python benchmarks/bench_codec.py --quick
     PYTHONPATH=python python benchmarks/bench_codec.py --json benchmarks/out/codec.json
+    # keep the captured tensors, so that a rerun measures again without training:
+    PYTHONPATH=python python benchmarks/bench_codec.py --cache benchmarks/out/activations.pt
 """
 
 from __future__ import annotations
@@ -551,7 +553,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     tensors = None
     cache_key = {"train_steps": train_steps, "lm_steps": lm_steps, "batch_size": args.batch_size,
-                 "seed": args.seed, "torch": torch.__version__}
+                 "seed": args.seed, "torch": str(torch.__version__)}
     if args.cache and os.path.exists(args.cache):
         cached = torch.load(args.cache, weights_only=True)
         if cached.get("key") == cache_key:

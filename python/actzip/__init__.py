@@ -1,6 +1,5 @@
 """actzip: error-bounded lossy compression of the activations PyTorch saves for backward."""
 
-from ._core import __version__ as _core_version
 from .codec import (
     CompressedTensor,
     FormatError,
@@ -12,15 +11,23 @@ from .codec import (
     set_num_threads,
 )
 
+from . import schedule
+from .telemetry import plot
+from .training import ActivationCompressor, compressed_activations
+
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActivationCompressor",
     "CompressedTensor",
     "FormatError",
     "backends",
     "compress",
     "compress_bound",
+    "compressed_activations",
     "decompress",
     "get_num_threads",
+    "plot",
+    "schedule",
     "set_num_threads",
 ]

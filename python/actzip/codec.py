@@ -190,6 +190,10 @@ def compress(x, error_bound: float, *, mode: str = "abs", checksum: bool = False
     ``error_bound * (max - min)`` of the finite elements (``mode="rel"``); zeros come back
     as zeros, non-zero values keep their sign, and NaN, +Inf, -Inf and -0.0 come back exactly.
     A non-contiguous tensor is copied once. ``checksum=True`` adds a CRC-32 of the payload.
+
+    In ``rel`` mode, a tensor whose finite values are all equal takes the bound relative to
+    their magnitude (``error_bound * |value|``), and one with no non-zero finite value
+    relative to 1; :attr:`CompressedTensor.error_bound` always says the absolute bound used.
     """
     bound = _check_bound(error_bound)
     if mode not in _MODES:
