@@ -24,7 +24,10 @@ def _free_port() -> int:
 
 def test_ddp_replicas_stay_identical_with_compressed_activations(tmp_path):
     port = _free_port()
-    package_root = Path(__file__).resolve().parents[2] / "python"
+    # The workers import the very actzip this test process imported (installed or in-tree).
+    import actzip
+
+    package_root = Path(actzip.__file__).resolve().parents[1]
     environment = dict(os.environ)
     environment["PYTHONPATH"] = os.pathsep.join(
         [str(package_root)] + [p for p in environment.get("PYTHONPATH", "").split(os.pathsep) if p]
