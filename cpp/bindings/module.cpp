@@ -55,9 +55,8 @@ actzip::DType to_dtype(int code) {
   return actzip::DType(code);
 }
 
-// Keeps the input's buffer view (and so the input) alive between plan and encode.
+// A compression plan: it holds the encoded stream until encode() copies it out.
 struct PyPlan {
-  ByteView input;
   std::unique_ptr<actzip::CompressPlan> plan;
 };
 
@@ -117,13 +116,14 @@ PYBIND11_MODULE(_core, m) {
             check(s);
           },
           py::arg("out"), py::arg("num_threads") = 1,
-          "Writes exactly compressed_bytes bytes into the writable buffer `out`.");
+          "Copies the stream (exactly compressed_bytes bytes) into the writable buffer `out`.");
 
   m.def(
       "plan_compress",
       [](const py::buffer& data, int dtype, const std::vector<uint64_t>& shape, double error_bound,
          const std::string& mode, bool checksum, int num_threads) {
-        auto p = std::make_unique<PyPlan>(PyPlan{contiguous_view(data, "data", false), nullptr});
+        const ByteView input = contiguous_view(data, "data", false);
+        auto p = std::make_unique<PyPlan>();
         actzip::CompressOptions opt;
         opt.error_bound = error_bound;
         if (mode == "abs") opt.mode = actzip::BoundMode::kAbs;
@@ -134,20 +134,20 @@ PYBIND11_MODULE(_core, m) {
         const actzip::DType dt = to_dtype(dtype);
         uint64_t numel = 1;
         for (uint64_t d : shape) numel *= d;
-        if (shape.size() <= size_t(actzip::kMaxDims) && p->input.bytes() != numel * actzip::element_size(dt))
-          throw py::value_error("data holds " + std::to_string(p->input.bytes()) + " bytes, but the shape and dtype need " +
+        if (shape.size() <= size_t(actzip::kMaxDims) && input.bytes() != numel * actzip::element_size(dt))
+          throw py::value_error("data holds " + std::to_string(input.bytes()) + " bytes, but the shape and dtype need " +
                                 std::to_string(numel * actzip::element_size(dt)));
         actzip::Status s;
         {
           py::gil_scoped_release release;
-          s = actzip::plan_compress(p->input.data(), dt, shape, opt, &p->plan);
+          s = actzip::plan_compress(input.data(), dt, shape, opt, &p->plan);
         }
         check(s);
         return p;
       },
       py::arg("data"), py::arg("dtype"), py::arg("shape"), py::arg("error_bound"), py::arg("mode") = "abs",
       py::arg("checksum") = false, py::arg("num_threads") = 1,
-      "Phase 1 of compression: quantize, gather statistics and size the stream.");
+      "Phase 1 of compression: encodes the whole stream and tells its size.");
 
   m.def(
       "read_info",

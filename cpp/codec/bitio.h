@@ -55,49 +55,6 @@ inline void store_le32(uint8_t* p, uint32_t v) {
 
 inline constexpr uint64_t pad8(uint64_t n) { return (n + 7) & ~uint64_t(7); }
 
-// Writes bits LSB first into [begin, end). Never writes past end: an attempt marks the
-// writer as overflowed (the encoder sizes sections exactly, so that is an internal error).
-class BitWriter {
- public:
-  BitWriter(uint8_t* begin, uint8_t* end) : begin_(begin), p_(begin), end_(end) {}
-
-  // Appends the low `nbits` bits of `value` (nbits <= 32).
-  void put(uint32_t value, int nbits) {
-    acc_ |= uint64_t(value) << fill_;
-    fill_ += nbits;
-    if (fill_ >= 32) {
-      if (end_ - p_ >= 4) {
-        store_le32(p_, uint32_t(acc_));
-        p_ += 4;
-      } else {
-        overflow_ = true;
-      }
-      acc_ >>= 32;
-      fill_ -= 32;
-    }
-  }
-
-  // Flushes the remaining bits (the last byte zero-padded). Returns the bytes written, or
-  // -1 if the stream did not fit.
-  int64_t flush() {
-    while (fill_ > 0) {
-      if (p_ == end_) return -1;
-      *p_++ = uint8_t(acc_);
-      acc_ >>= 8;
-      fill_ = fill_ > 8 ? fill_ - 8 : 0;
-    }
-    return overflow_ ? -1 : int64_t(p_ - begin_);
-  }
-
- private:
-  uint8_t* begin_;
-  uint8_t* p_;
-  uint8_t* end_;
-  uint64_t acc_ = 0;
-  int fill_ = 0;
-  bool overflow_ = false;
-};
-
 // Branch-free bit writer for the hot loops: every put() stores 8 bytes, so the buffer must
 // have 8 bytes of slack past the longest stream written into it (callers size it so).
 class FastBitWriter {

@@ -1,10 +1,10 @@
-// The CPU backend: OpenMP over the fixed-size chunks of docs/FORMAT.md.
+// The CPU backend: worker threads over the fixed-size chunks of docs/FORMAT.md.
 //
-// Compression makes two passes over the input. plan_compress() classifies and quantizes
-// every element, keeps one small histogram per chunk, chooses each chunk's predictor and
-// the tensor's codebooks, and so knows every chunk's exact size before a byte is written.
-// encode() quantizes again and writes each chunk straight to its final offset. The bytes
-// depend only on the input and the bound, never on the thread count.
+// plan_compress() samples every chunk to choose its predictor and the tensor's codebooks,
+// then classifies each element once and encodes each chunk into a buffer of the plan's
+// (the plan holds about the compressed size). encode() copies the chunks to their final
+// offsets in the caller's buffer. The bytes depend only on the input and the bound, never
+// on the thread count.
 #include <algorithm>
 #include <atomic>
 #include <cmath>

@@ -6,8 +6,9 @@
 // byte by byte in docs/FORMAT.md.
 //
 // Compression is two-phase, so that the caller (for example torch's allocator) owns the
-// output: plan_compress() quantizes, gathers statistics and sizes every chunk; the caller
-// allocates CompressPlan::compressed_bytes() bytes; encode() writes them.
+// output: plan_compress() does all the work and holds the encoded chunks (about the
+// compressed size); the caller allocates CompressPlan::compressed_bytes() bytes; encode()
+// copies the stream there.
 #pragma once
 
 #include <cstddef>
@@ -106,12 +107,12 @@ class CompressPlan {
   std::unique_ptr<Impl> impl_;
 };
 
-// Phase 1. Reads `data` (C-contiguous, `numel` = product of `shape` elements of `dtype`).
-// The plan keeps the pointer: `data` must stay valid and unchanged until encode() returns.
+// Phase 1. Reads `data` (C-contiguous, `numel` = product of `shape` elements of `dtype`)
+// during the call only; the plan keeps no pointer to it.
 Status plan_compress(const void* data, DType dtype, const std::vector<uint64_t>& shape,
                      const CompressOptions& options, std::unique_ptr<CompressPlan>* plan);
 
-// Phase 2. Writes exactly plan.compressed_bytes() bytes to `out`.
+// Phase 2. Copies exactly plan.compressed_bytes() bytes of stream to `out`.
 Status encode(const CompressPlan& plan, void* out, uint64_t out_bytes, int num_threads);
 
 // Validates the header, codebooks, chunk table and header checksum (cheap, O(chunks)).

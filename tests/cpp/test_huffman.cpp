@@ -229,25 +229,17 @@ void round_trip(const std::vector<uint64_t>& f, size_t count, std::mt19937_64& r
     bits += len[it.sym] + uint64_t(it.extra_bits);
   }
   const size_t bytes = size_t(pad8((bits + 7) / 8));
-  std::vector<uint8_t> buf(bytes + 16, 0xAB);  // guard bytes past the section must stay untouched
-  std::fill(buf.begin(), buf.begin() + bytes, 0);
-  BitWriter w(buf.data(), buf.data() + bytes);
+  // The branch-free writer stores 8 bytes at a time: it needs 8 bytes of slack past the
+  // stream, and must leave everything beyond that slack untouched.
+  std::vector<uint8_t> buf(bytes + 8 + 16, 0xAB);
+  FastBitWriter w(buf.data());
   for (const auto& it : items) {
     w.put(enc.code[it.sym], enc.len[it.sym]);
     if (it.extra_bits) w.put(it.extra_value, it.extra_bits);
   }
-  ACTZIP_CHECK(w.flush() == int64_t((bits + 7) / 8), "writer did not write exactly the %llu bits",
-               (unsigned long long)bits);
-  for (size_t i = bytes; i < buf.size(); ++i) ACTZIP_CHECK(buf[i] == 0xAB, "writer wrote past its end at %zu", i);
-  // The branch-free writer (8 bytes of slack) writes the same bytes.
-  std::vector<uint8_t> fast(bytes + 8, 0);
-  FastBitWriter fw(fast.data());
-  for (const auto& it : items) {
-    fw.put(enc.code[it.sym], enc.len[it.sym]);
-    if (it.extra_bits) fw.put(it.extra_value, it.extra_bits);
-  }
-  ACTZIP_CHECK(fw.flush() == (bits + 7) / 8, "fast writer byte count");
-  ACTZIP_CHECK(std::equal(buf.begin(), buf.begin() + bytes, fast.begin()), "fast writer wrote different bytes");
+  ACTZIP_CHECK(w.flush() == (bits + 7) / 8, "writer did not write exactly the %llu bits", (unsigned long long)bits);
+  for (size_t i = bytes + 8; i < buf.size(); ++i) ACTZIP_CHECK(buf[i] == 0xAB, "writer wrote past its slack at %zu", i);
+  for (size_t i = (bits + 7) / 8; i < bytes; ++i) ACTZIP_CHECK(buf[i] == 0, "padding byte %zu is not zero", i);
 
   BitReader r(buf.data(), buf.data() + bytes);
   uint64_t consumed = 0;
@@ -288,16 +280,6 @@ ACTZIP_TEST(bit_reader_reports_reading_past_the_end) {
     if (r.available() < 32) r.refill();
     ACTZIP_CHECK(r.take(1) == 0, "size %zu: bits past the end must read as 0", size);
     ACTZIP_CHECK(r.overran(), "size %zu: one bit past the end not reported", size);
-  }
-}
-
-ACTZIP_TEST(bit_writer_never_writes_past_its_end) {
-  for (size_t size : {size_t(0), size_t(3), size_t(8), size_t(13)}) {
-    std::vector<uint8_t> buf(size + 16, 0xCD);
-    BitWriter w(buf.data(), buf.data() + size);
-    for (int i = 0; i < 100; ++i) w.put(0x5A5A5u, 19);
-    ACTZIP_CHECK(w.flush() == -1, "size %zu: overflow not reported", size);
-    for (size_t i = size; i < buf.size(); ++i) ACTZIP_CHECK(buf[i] == 0xCD, "size %zu: wrote byte %zu", size, i);
   }
 }
 
