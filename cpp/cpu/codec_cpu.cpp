@@ -15,10 +15,12 @@
 
 #include "actzip/actzip.h"
 #include "codec/bitio.h"
+#include "codec/chunk.h"
 #include "codec/crc32.h"
 #include "codec/element.h"
 #include "codec/format.h"
 #include "codec/huffman.h"
+#include "codec/plan.h"
 
 #include "cpu/thread_pool.h"
 
@@ -50,7 +52,6 @@ int max_threads() { return available_processors(); }
 namespace {
 
 Status invalid(std::string message) { return Status{StatusCode::kInvalidArgument, std::move(message)}; }
-Status internal(std::string message) { return Status{StatusCode::kInternal, std::move(message)}; }
 
 // Runs body(chunk, slot) for every chunk on up to `threads` threads; returns the failure
 // of the lowest-numbered chunk that failed, so errors are deterministic too.
@@ -73,40 +74,6 @@ Status for_each_chunk(uint32_t chunks, int threads, Body body) {
   return failure;
 }
 
-// n * log2(n) for the counts one chunk can hold, so entropy estimates cost no logarithms.
-const std::vector<float>& nlog2n_table() {
-  static const std::vector<float> table = [] {
-    std::vector<float> t(kChunkElems + 1, 0.0f);
-    for (uint32_t n = 2; n <= kChunkElems; ++n) t[n] = float(double(n) * std::log2(double(n)));
-    return t;
-  }();
-  return table;
-}
-
-// Order-0 entropy (in bits) of a histogram of at most kChunkElems counts, plus the extra
-// bits of the class bins (fine-bin layout).
-template <class Count>
-double fine_cost_bits(const Count* hist, uint32_t total) {
-  const auto& t = nlog2n_table();
-  double bits = t[total];
-  for (uint32_t b = 0; b < kFineAlphabet; ++b) {
-    const uint32_t n = hist[b];
-    if (n == 0) continue;
-    bits -= t[n];
-    if (b >= (1u << kMaxDirectLog2)) bits += double(n) * (b - (1u << kMaxDirectLog2) + kMaxDirectLog2);
-  }
-  return bits;
-}
-
-// The sample of a chunk: kSampleRuns runs of kSampleRun elements, spread evenly over it.
-// Runs keep the local structure prediction feeds on; spreading them avoids the bias of a
-// single block (the first rows of an attention matrix are nothing like the rest).
-inline constexpr uint32_t kSampleRun = 64;
-inline constexpr uint32_t kSampleRuns = 16;
-inline constexpr uint32_t kSampleElems = kSampleRun * kSampleRuns;
-// Sample counts are scaled by this before every symbol gets one count, so that symbols the
-// sample missed stay codable but cost little.
-inline constexpr uint64_t kSampleWeight = 64;
 // Worst case of one encoded chunk body: 12 + 24 bits a code, 12 bits a mask byte.
 inline constexpr uint64_t kMaxLaneBytes = pad8(uint64_t(kChunkElems / kCodeLanes) * 36 / 8);
 inline constexpr uint64_t kLaneStride = kMaxLaneBytes + 8;  // slack for FastBitWriter
@@ -149,76 +116,22 @@ void classify_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const Q
   else classify_bf16(reinterpret_cast<const uint16_t*>(data) + begin, elems, qz, codes);
 }
 
-// The row length the 2-D predictor works on, or 0 where it is not considered.
-uint32_t grid_row(const std::vector<uint64_t>& shape) {
-  const uint64_t row = shape.empty() ? 1 : shape.back();
-  return row >= 2 && row <= kMax2DRow ? uint32_t(row) : 0;
-}
 
-// Histograms of one predictor's values, in the fine-bin layout.
-struct PredictorHist {
-  uint32_t none[kFineAlphabet], lor[kFineAlphabet], lor2d[kFineAlphabet];
-  uint32_t sign_bits;  // coded elements whose q is 0: the Lorenzo predictors spend a sign bit on each
+// Counts a sample into a chunk's PredictorHist and the thread's mask histogram.
+struct CpuSampleCount {
+  PredictorHist* ph;
+  uint64_t* mask_hist;
+  void operator()(int what, uint32_t index) {
+    switch (what) {
+      case kCountNone: ++ph->none[index]; break;
+      case kCountLorenzo: ++ph->lor[index]; break;
+      case kCountLorenzo2D: ++ph->lor2d[index]; break;
+      case kCountMask: ++mask_hist[index]; break;
+      case kCountSign: ++ph->sign_bits; break;
+      default: ++ph->coded; break;
+    }
+  }
 };
-
-// Adds one sample run to the histograms: `codes` holds the run's codes preceded by
-// `context` codes of the chunk (for the 2-D predictor); `first` is the run's position in the
-// chunk and `col0` its column.
-void sample_run(const int32_t* codes, uint32_t context, uint32_t n, uint32_t first, uint32_t col0, uint32_t row,
-                PredictorHist* ph, uint64_t* mask_hist, uint32_t* coded) {
-  int32_t grid[kMax2DRow + 1 + kSampleRun];
-  const uint32_t total = context + n;
-  for (uint32_t i = 0; i < total && row; ++i) grid[i] = codes[i] == kOutlierCode ? 0 : code_to_q(codes[i]);
-  int32_t prev = 0;
-  uint32_t mask_byte = 0;
-  uint32_t col = col0;
-  for (uint32_t j = 0; j < n; ++j) {
-    const int32_t c = codes[context + j];
-    if (c != 0 && c != kOutlierCode) {
-      const int32_t q = code_to_q(c);
-      ++ph->none[fine_bin(code_to_u(c))];
-      ++ph->lor[fine_bin(zigzag(q - prev))];
-      ph->sign_bits += q == 0;
-      if (row) {
-        // Positions relative to the grid window: the window starts `first - context` into the chunk.
-        const uint32_t i = context + j;
-        const bool left = col != 0 && first + j >= 1;
-        const bool up = i >= row;
-        const int32_t l = left ? grid[i - 1] : 0, a = up ? grid[i - row] : 0;
-        const int32_t al = left && i >= row + 1 ? grid[i - row - 1] : 0;
-        int32_t p = l + a - al;
-        p = p > kMaxQ ? kMaxQ : (p < -kMaxQ ? -kMaxQ : p);
-        ++ph->lor2d[fine_bin(zigzag(q - p))];
-      }
-      prev = q;
-      mask_byte |= 1u << (j & 7);
-      ++*coded;
-    }
-    if ((j & 7) == 7 || j + 1 == n) {
-      ++mask_hist[mask_byte];
-      mask_byte = 0;
-    }
-    if (row && ++col == row) col = 0;
-  }
-}
-
-// Picks the chunk's predictor from its sample and adds the chosen histogram to the tensor's.
-uint8_t choose_predictor(const PredictorHist& ph, uint32_t coded, bool with_2d, uint64_t* fine) {
-  const double none = fine_cost_bits(ph.none, coded), lor = fine_cost_bits(ph.lor, coded) + ph.sign_bits;
-  const double lor2d =
-      with_2d ? fine_cost_bits(ph.lor2d, coded) + ph.sign_bits : std::numeric_limits<double>::infinity();
-  uint8_t flag = 0;
-  const uint32_t* src = ph.none;
-  if (lor < none && lor <= lor2d) {
-    flag = kChunkLorenzo;
-    src = ph.lor;
-  } else if (lor2d < none) {
-    flag = kChunkLorenzo2D;
-    src = ph.lor2d;
-  }
-  for (uint32_t b = 0; b < kFineAlphabet; ++b) fine[b] += src[b];
-  return flag;
-}
 
 // Thread-local scratch of the main pass (8 bytes of slack for FastBitWriter).
 struct Scratch {
@@ -418,14 +331,8 @@ Status encode_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const B
   return Status::Ok();
 }
 
-// Min and max of the finite elements, as order-preserving integer keys (integer min/max
-// reductions vectorize; float ones would need to drop NaN semantics).
-inline int32_t order_key(float x) {
-  const int32_t b = int32_t(f32_bits(x));
-  return b ^ ((b >> 31) & 0x7FFFFFFF);
-}
-inline float key_value(int32_t key) { return bits_f32(uint32_t(key ^ ((key >> 31) & 0x7FFFFFFF))); }
-
+// Min and max of the finite elements as order-preserving integer keys (chunk.h): integer
+// min/max reductions vectorize; float ones would need to drop NaN semantics.
 template <int kDT, class T>
 inline void range_loop(const T* __restrict x, uint32_t n, int32_t* lo, int32_t* hi) {
   int32_t mn = INT32_MAX, mx = INT32_MIN;
@@ -462,14 +369,6 @@ auto dispatch_dtype(DType dtype, F f) {
     case DType::kBFloat16: return f(std::integral_constant<int, 3>{});
     default: return f(std::integral_constant<int, 1>{});
   }
-}
-
-// Code lengths for every symbol of the alphabet: the sampled frequencies, weighted, plus
-// one, so that any symbol the full tensor turns out to hold has a code.
-std::vector<uint8_t> smoothed_lengths(const std::vector<uint64_t>& freq) {
-  std::vector<uint64_t> f(freq.size());
-  for (size_t s = 0; s < f.size(); ++s) f[s] = freq[s] * kSampleWeight + 1;
-  return huffman_lengths(f.data(), uint32_t(f.size()));
 }
 
 }  // namespace
@@ -532,14 +431,7 @@ Status plan_compress(const void* data, DType dtype, const std::vector<uint64_t>&
       mn = std::min(mn, double(lo[c]));
       mx = std::max(mx, double(hi[c]));
     }
-    // The range of the finite values; a constant tensor falls back to its magnitude, and a
-    // tensor with no non-zero finite value to 1 (nothing in it is approximated then).
-    double range = mx >= mn ? mx - mn : 0.0;
-    if (range == 0) range = mx >= mn ? std::max(std::fabs(mn), std::fabs(mx)) : 0.0;
-    if (range == 0) range = 1.0;
-    abs_bound = opt.error_bound * range;
-    if (!(abs_bound > 0)) abs_bound = std::numeric_limits<double>::denorm_min();
-    if (!std::isfinite(abs_bound)) abs_bound = std::numeric_limits<double>::max();
+    abs_bound = rel_abs_bound(mn, mx, opt.error_bound);
   }
   h.error_bound = abs_bound;
   h.quant_step = quant_step_for(abs_bound);
@@ -555,26 +447,28 @@ Status plan_compress(const void* data, DType dtype, const std::vector<uint64_t>&
     part_fine.assign(size_t(threads), std::vector<uint64_t>(kFineAlphabet, 0));
     part_mask.assign(size_t(threads), std::vector<uint64_t>(256, 0));
     const uint32_t row = grid_row(shape);
+    const float* nlog2n = nlog2n_table().data();
     Status s = for_each_chunk(nchunks, threads, [&](uint32_t c, int slot) {
       thread_local PredictorHist ph;
       std::memset(&ph, 0, sizeof ph);
-      int32_t window[kMax2DRow + 1 + kSampleRun];
+      CpuSampleCount count{&ph, part_mask[size_t(slot)].data()};
+      int32_t window[kSampleWindow];
       const uint32_t elems = chunk_elem_count(numel, c);
       const uint64_t chunk_begin = uint64_t(c) * kChunkElems;
-      const uint32_t runs = elems <= kSampleElems ? (elems + kSampleRun - 1) / kSampleRun : kSampleRuns;
-      const uint32_t stride = elems <= kSampleElems ? kSampleRun : (elems / kSampleRuns) & ~7u;  // mask-byte aligned
-      uint32_t coded = 0;
+      const uint32_t runs = sample_runs(elems);
       for (uint32_t r = 0; r < runs; ++r) {
-        const uint32_t first = r * stride;
-        const uint32_t n = std::min(kSampleRun, elems - first);
-        const uint32_t context = row ? std::min(first, row + 1) : 0;
+        const SampleRunSpan sp = sample_run_span(elems, r, row);
         dispatch_dtype(dtype, [&](auto dt) {
-          classify_chunk<decltype(dt)::value>(bytes, chunk_begin + first - context, context + n, qz, window);
+          classify_chunk<decltype(dt)::value>(bytes, chunk_begin + sp.first - sp.context, sp.context + sp.n, qz,
+                                              window);
         });
-        const uint32_t col0 = row ? uint32_t((chunk_begin + first) % row) : 0;
-        sample_run(window, context, n, first, col0, row, &ph, part_mask[size_t(slot)].data(), &coded);
+        const uint32_t col0 = row ? uint32_t((chunk_begin + sp.first) % row) : 0;
+        sample_run(window, sp.context, sp.n, sp.first, col0, row, count);
       }
-      impl->chunks[c].predictor = choose_predictor(ph, coded, row != 0, part_fine[size_t(slot)].data());
+      const uint32_t* chosen = nullptr;
+      impl->chunks[c].predictor = choose_predictor(ph, row != 0, nlog2n, &chosen);
+      uint64_t* fine_part = part_fine[size_t(slot)].data();
+      for (uint32_t b = 0; b < kFineAlphabet; ++b) fine_part[b] += chosen[b];
       return Status::Ok();
     });
     if (!s.ok()) return s;
@@ -583,41 +477,17 @@ Status plan_compress(const void* data, DType dtype, const std::vector<uint64_t>&
       for (uint32_t b = 0; b < 256; ++b) mask[b] += part_mask[t][b];
     }
   }
-  // direct_log2: the k whose codebook plus estimated code size is smallest.
-  int best_k = kMaxDirectLog2;
-  double best_bits = std::numeric_limits<double>::infinity();
-  std::vector<uint64_t> sym_freq;
-  for (int k = 0; k <= kMaxDirectLog2; ++k) {
-    sym_freq.assign(code_alphabet(k), 0);
-    double bits = 4.0 * kSampleWeight * code_alphabet(k);  // the codebook, per sample weight
-    uint64_t total = 0;
-    for (uint32_t b = 0; b < kFineAlphabet; ++b) {
-      if (fine[b] == 0) continue;
-      int eb = 0;
-      sym_freq[fine_bin_to_symbol(b, k, &eb)] += fine[b];
-      bits += double(fine[b]) * eb * kSampleWeight;
-      total += fine[b];
-    }
-    for (uint64_t f : sym_freq)
-      if (f) bits -= double(f) * kSampleWeight * std::log2(double(f) / double(total));
-    if (bits < best_bits) {
-      best_bits = bits;
-      best_k = k;
-    }
-  }
-  h.direct_log2 = best_k;
-  sym_freq.assign(code_alphabet(best_k), 0);
-  for (uint32_t b = 0; b < kFineAlphabet; ++b) {
-    int eb = 0;
-    if (fine[b]) sym_freq[fine_bin_to_symbol(b, best_k, &eb)] += fine[b];
-  }
+  CodeBooks code_books;
+  Status books_status = build_code_books(fine.data(), mask.data(), &code_books);
+  if (!books_status.ok()) return books_status;
+  h.direct_log2 = code_books.direct_log2;
+  h.code_lengths = code_books.code_lengths;
+  h.mask_lengths = code_books.mask_lengths;
   Books books;
-  books.k = best_k;
+  books.k = code_books.direct_log2;
   books.row = grid_row(shape);
-  h.code_lengths = smoothed_lengths(sym_freq);
-  h.mask_lengths = smoothed_lengths(mask);
-  if (!books.code.build(h.code_lengths) || !books.mask.build(h.mask_lengths))
-    return internal("Huffman code construction failed");
+  books.code = std::move(code_books.code);
+  books.mask = std::move(code_books.mask);
   books.pack();
 
   // Main pass: classify and encode every chunk into its own buffer.
