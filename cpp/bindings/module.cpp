@@ -3,11 +3,13 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "actzip/actzip.h"
+#include "actzip/pipeline.h"
 
 namespace py = pybind11;
 
@@ -23,6 +25,7 @@ py::handle g_format_error;
       throw py::error_already_set();
     case actzip::StatusCode::kInvalidArgument:
     case actzip::StatusCode::kBufferTooSmall: throw py::value_error(s.message);
+    case actzip::StatusCode::kDeviceError: throw std::runtime_error("actzip CUDA backend: " + s.message);
     default: throw std::runtime_error("actzip internal error: " + s.message);
   }
 }
@@ -74,6 +77,154 @@ py::dict info_dict(const actzip::StreamInfo& info) {
   d["header_bytes"] = info.header_bytes;
   d["stream_bytes"] = info.stream_bytes;
   return d;
+}
+
+namespace pl = actzip::pipeline;
+
+// The chunk pipeline takes buffers by address (torch tensors' data_ptr(), on the host or
+// on a CUDA device): the Python layer allocates them and owns their lifetime.
+pl::Exec make_exec(int device, uintptr_t stream, int num_threads) {
+  pl::Exec e;
+  e.device = device;
+  e.stream = reinterpret_cast<void*>(stream);
+  e.num_threads = num_threads;
+  return e;
+}
+
+pl::TensorRef tensor_ref(uintptr_t data, int dtype, const std::vector<uint64_t>& shape) {
+  pl::TensorRef t;
+  t.data = reinterpret_cast<const void*>(data);
+  t.dtype = to_dtype(dtype);
+  t.shape = shape;
+  return t;
+}
+
+template <class T>
+T* ptr(uintptr_t address) {
+  return reinterpret_cast<T*>(address);
+}
+
+py::dict stats_dict(const actzip::CompressStats& s) {
+  py::dict d;
+  d["zeros"] = s.zeros;
+  d["coded"] = s.coded;
+  d["outliers"] = s.outliers;
+  d["raw_chunks"] = s.raw_chunks;
+  d["zero_chunks"] = s.zero_chunks;
+  d["lorenzo_chunks"] = s.lorenzo_chunks;
+  d["lorenzo2d_chunks"] = s.lorenzo2d_chunks;
+  return d;
+}
+
+actzip::BoundMode to_mode(const std::string& mode) {
+  if (mode == "abs") return actzip::BoundMode::kAbs;
+  if (mode == "rel") return actzip::BoundMode::kRel;
+  throw py::value_error("mode must be 'abs' or 'rel'");
+}
+
+// Runs a stage without the GIL (a host stage may take a while; a device stage only enqueues).
+template <class F>
+void stage(F f) {
+  actzip::Status s;
+  {
+    py::gil_scoped_release release;
+    s = f();
+  }
+  check(s);
+}
+
+void bind_pipeline(py::module_& m) {
+  m.def("pipeline_cuda_compiled", &pl::cuda_compiled);
+  m.def("pipeline_cuda_device_count", &pl::cuda_device_count);
+  m.def("pipeline_num_chunks", &pl::num_chunks);
+  m.attr("PIPELINE_HIST_COUNTERS") = pl::kHistCounters;
+  m.attr("PIPELINE_LAYOUT_BYTES") = pl::kLayoutBytes;
+  m.attr("PIPELINE_DECODE_TABLES_BYTES") = pl::kDecodeTablesBytes;
+
+  m.def("pipeline_finite_range", [](int device, uintptr_t stream, int threads, uintptr_t x, int dtype,
+                                    const std::vector<uint64_t>& shape, uintptr_t keys) {
+    const pl::TensorRef t = tensor_ref(x, dtype, shape);
+    stage([&] { return pl::finite_range(make_exec(device, stream, threads), t, ptr<int32_t>(keys)); });
+  });
+  m.def("pipeline_rel_abs_bound", &pl::rel_abs_bound);
+  m.def("pipeline_sample", [](int device, uintptr_t stream, int threads, uintptr_t x, int dtype,
+                              const std::vector<uint64_t>& shape, double abs_bound, uintptr_t predictors,
+                              uintptr_t hist) {
+    const pl::TensorRef t = tensor_ref(x, dtype, shape);
+    stage([&] {
+      return pl::sample(make_exec(device, stream, threads), t, abs_bound, ptr<uint8_t>(predictors),
+                        ptr<uint64_t>(hist));
+    });
+  });
+
+  py::class_<pl::Books>(m, "PipelineBooks")
+      .def_readonly("direct_log2", &pl::Books::direct_log2)
+      .def_property_readonly("packed", [](const pl::Books& b) {
+        return py::bytes(reinterpret_cast<const char*>(b.packed.data()), b.packed.size() * 4);
+      });
+  m.def("pipeline_build_books", [](const py::buffer& hist) {
+    const ByteView h = contiguous_view(hist, "hist", false);
+    if (h.bytes() != pl::kHistBytes) throw py::value_error("hist must hold PIPELINE_HIST_COUNTERS u64 counters");
+    std::vector<uint64_t> counts(pl::kHistCounters);
+    std::memcpy(counts.data(), h.data(), pl::kHistBytes);
+    pl::Books books;
+    check(pl::build_books(counts.data(), &books));
+    return books;
+  });
+  m.def("pipeline_measure", [](int device, uintptr_t stream, int threads, uintptr_t x, int dtype,
+                               const std::vector<uint64_t>& shape, double abs_bound, uintptr_t predictors,
+                               uintptr_t packed, int direct_log2, uintptr_t layouts) {
+    const pl::TensorRef t = tensor_ref(x, dtype, shape);
+    stage([&] {
+      return pl::measure(make_exec(device, stream, threads), t, abs_bound, ptr<const uint8_t>(predictors),
+                         ptr<const uint32_t>(packed), direct_log2, ptr<uint8_t>(layouts));
+    });
+  });
+  m.def("pipeline_assemble", [](const py::buffer& layouts, int dtype, const std::vector<uint64_t>& shape,
+                                const std::string& mode, double requested, double abs_bound, bool checksum,
+                                const pl::Books& books) {
+    const ByteView l = contiguous_view(layouts, "layouts", false);
+    uint64_t numel = 1;
+    for (uint64_t d : shape) numel *= d;
+    if (l.bytes() < uint64_t(pl::num_chunks(numel)) * pl::kLayoutBytes)
+      throw py::value_error("layouts is shorter than one record per chunk");
+    pl::Assembly a;
+    check(pl::assemble(l.data(), tensor_ref(0, dtype, shape), to_mode(mode), requested, abs_bound, checksum, books,
+                       &a));
+    return py::make_tuple(py::bytes(reinterpret_cast<const char*>(a.header.data()), a.header.size()),
+                          a.stream_bytes, stats_dict(a.stats));
+  });
+  m.def("pipeline_write", [](int device, uintptr_t stream, int threads, uintptr_t x, int dtype,
+                             const std::vector<uint64_t>& shape, double abs_bound, uintptr_t predictors,
+                             uintptr_t packed, int direct_log2, uintptr_t layouts, uintptr_t out,
+                             uint64_t header_bytes) {
+    const pl::TensorRef t = tensor_ref(x, dtype, shape);
+    stage([&] {
+      return pl::write(make_exec(device, stream, threads), t, abs_bound, ptr<const uint8_t>(predictors),
+                       ptr<const uint32_t>(packed), direct_log2, ptr<const uint8_t>(layouts), ptr<uint8_t>(out),
+                       header_bytes);
+    });
+  });
+
+  py::class_<pl::DecodePlan>(m, "PipelineDecodePlan")
+      .def_property_readonly("info", [](const pl::DecodePlan& p) { return info_dict(p.info); });
+  m.def("pipeline_plan_decode", [](const py::buffer& header, uint64_t stream_bytes) {
+    const ByteView h = contiguous_view(header, "header", false);
+    pl::DecodePlan plan;
+    check(pl::plan_decode(h.data(), h.bytes(), stream_bytes, &plan));
+    return plan;
+  });
+  m.def("pipeline_decode", [](int device, uintptr_t stream, int threads, uintptr_t data, const pl::DecodePlan& plan,
+                              uintptr_t tables, uintptr_t out, uintptr_t status) {
+    stage([&] {
+      const pl::Exec e = make_exec(device, stream, threads);
+      actzip::Status s = pl::decode_tables(e, ptr<const uint8_t>(data), plan, ptr<uint8_t>(tables));
+      if (!s.ok()) return s;
+      return pl::decode(e, ptr<const uint8_t>(data), plan, ptr<const uint8_t>(tables), ptr<void>(out),
+                        ptr<uint64_t>(status));
+    });
+  });
+  m.def("pipeline_status_message", &pl::decode_status_message);
 }
 
 }  // namespace
@@ -194,4 +345,12 @@ PYBIND11_MODULE(_core, m) {
       [](uint64_t numel, int dtype, int ndim) { return actzip::compress_bound(numel, to_dtype(dtype), ndim); },
       py::arg("numel"), py::arg("dtype"), py::arg("ndim"), "Largest stream compress can produce.");
   m.def("max_threads", &actzip::max_threads);
+  m.def(
+      "crc32",
+      [](const py::buffer& data) {
+        const ByteView v = contiguous_view(data, "data", false);
+        return pl::crc32(v.data(), v.bytes());
+      },
+      py::arg("data"), "CRC-32 of a buffer (the payload checksum of docs/FORMAT.md section 7).");
+  bind_pipeline(m);
 }

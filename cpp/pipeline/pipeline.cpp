@@ -9,6 +9,7 @@
 #include <mutex>
 
 #include "codec/chunk.h"
+#include "codec/crc32.h"
 #include "codec/element.h"
 #include "codec/format.h"
 #include "codec/plan.h"
@@ -24,10 +25,10 @@ namespace {
 
 Status invalid(std::string message) { return Status{StatusCode::kInvalidArgument, std::move(message)}; }
 
-Status no_cuda() { return invalid("this build of actzip has no CUDA backend"); }
+[[maybe_unused]] Status no_cuda() { return invalid("this build of actzip has no CUDA backend"); }
 
 // Checks a TensorRef and returns its element count.
-Status check_tensor(const TensorRef& x, uint64_t* numel) {
+Status check_tensor(const TensorRef& x, uint64_t* numel, bool need_data = true) {
   if (element_size(x.dtype) == 0) return invalid("dtype must be float32, float16 or bfloat16");
   if (x.shape.size() > size_t(kMaxDims)) return invalid("tensors of more than 8 dimensions are not supported");
   uint64_t n = 1;
@@ -35,7 +36,7 @@ Status check_tensor(const TensorRef& x, uint64_t* numel) {
     if (d >= kMaxElements || (d != 0 && n > (kMaxElements - 1) / d)) return invalid("tensor has more than 2^48 elements");
     n *= d;
   }
-  if (n != 0 && x.data == nullptr) return invalid("data is null");
+  if (need_data && n != 0 && x.data == nullptr) return invalid("data is null");
   *numel = n;
   return Status::Ok();
 }
@@ -248,7 +249,7 @@ Status measure(const Exec& exec, const TensorRef& x, double abs_bound, const uin
 Status assemble(const uint8_t* layouts, const TensorRef& x, BoundMode mode, double requested_bound, double abs_bound,
                 bool payload_checksum, const Books& books, Assembly* out) {
   uint64_t numel = 0;
-  Status s = check_tensor(x, &numel);
+  Status s = check_tensor(x, &numel, false);  // only the shape and dtype are read
   if (!s.ok()) return s;
   if (!(s = check_bound(abs_bound)).ok()) return s;
   if (mode != BoundMode::kAbs && mode != BoundMode::kRel) return invalid("unknown bound mode");
@@ -444,6 +445,10 @@ std::string decode_status_message(uint64_t status) {
   if (status == 0) return "ok";
   const uint64_t v = status - 1;
   return "chunk " + std::to_string(v >> 8) + ": " + decode_error_text(uint32_t(v & 0xFF));
+}
+
+uint32_t crc32(const void* data, uint64_t size) {
+  return detail::crc32(0, static_cast<const uint8_t*>(data), size_t(size));
 }
 
 }  // namespace pipeline

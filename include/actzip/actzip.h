@@ -35,6 +35,7 @@ enum class StatusCode : int {
   kFormatError = 2,      // the stream breaks a rule of docs/FORMAT.md
   kBufferTooSmall = 3,   // an output buffer is smaller than required
   kInternal = 4,         // a bug in actzip: please report it
+  kDeviceError = 5,      // the CUDA runtime reported an error (no device, out of memory, ...)
 };
 
 struct Status {

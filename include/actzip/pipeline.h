@@ -87,7 +87,8 @@ Status build_books(const uint64_t* hist, Books* books);
 Status measure(const Exec& exec, const TensorRef& x, double abs_bound, const uint8_t* predictors,
                const uint32_t* packed_books, int direct_log2, uint8_t* layouts);
 
-// Host: the header (chunk table included) from a host copy of stage 3's layouts.
+// Host: the header (chunk table included) from a host copy of stage 3's layouts (x's data
+// is not read and may be null).
 struct Assembly {
   std::vector<uint8_t> header;
   uint64_t stream_bytes = 0;  // header, chunks and the optional 4-byte payload checksum
@@ -124,6 +125,10 @@ Status decode_tables(const Exec& exec, const uint8_t* stream, const DecodePlan& 
 Status decode(const Exec& exec, const uint8_t* stream, const DecodePlan& plan, const uint8_t* tables, void* out,
               uint64_t* status);
 std::string decode_status_message(uint64_t status);
+
+// CRC-32 of `size` bytes of host memory: the payload checksum (docs/FORMAT.md section 7),
+// which the caller computes over the payload and appends.
+uint32_t crc32(const void* data, uint64_t size);
 
 }  // namespace pipeline
 }  // namespace actzip

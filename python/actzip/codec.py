@@ -13,7 +13,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from . import _core
+from . import _core, _pipeline
 
 __all__ = [
     "CompressedTensor",
@@ -53,9 +53,18 @@ def get_num_threads() -> int:
     return _num_threads
 
 
+def _cuda_usable() -> bool:
+    return bool(_core.pipeline_cuda_compiled()) and torch.cuda.is_available() and _core.pipeline_cuda_device_count() > 0
+
+
 def backends() -> list:
-    """The backends compiled into this build and usable on this machine."""
-    return ["cpu"]
+    """The backends compiled into this build and usable on this machine: ``"cpu"``, and
+    ``"cuda"`` when the CUDA backend was built and torch and the CUDA runtime see a GPU.
+
+    Without ``"cuda"``, CUDA tensors still work: they are compressed on the CPU (a copy to
+    the host and back), and their streams live in host memory.
+    """
+    return ["cpu", "cuda"] if _cuda_usable() else ["cpu"]
 
 
 def compress_bound(numel: int, dtype: torch.dtype, ndim: int = 1) -> int:
@@ -73,18 +82,22 @@ def _byte_view(t: torch.Tensor) -> np.ndarray:
 class CompressedTensor:
     """One tensor's compressed stream and what it says about the tensor.
 
-    The stream lives in a 1-D ``torch.uint8`` CPU tensor (:attr:`data`), so torch's
-    allocator accounts for it. ``nbytes`` counts every byte of it.
+    The stream lives in a 1-D ``torch.uint8`` tensor (:attr:`data`) allocated by torch, so
+    torch's allocator accounts for it: in host memory, or on the GPU for a CUDA tensor
+    compressed by the CUDA backend. ``nbytes`` counts every byte of it.
     """
 
-    __slots__ = ("_data", "_info", "_device", "_numpy", "_stats")
+    __slots__ = ("_data", "_info", "_device", "_numpy", "_stats", "_plan")
 
-    def __init__(self, data: torch.Tensor, info: dict, device: torch.device, numpy_out: bool, stats=None):
+    def __init__(self, data: torch.Tensor, info: dict, device: torch.device, numpy_out: bool, stats=None, plan=None):
         self._data = data
         self._info = info
         self._device = torch.device(device)
         self._numpy = numpy_out
         self._stats = stats
+        # The decode plan of a stream decoded by the chunk pipeline (a stream on a GPU, or
+        # one the tests made with the pipeline's host emulation); None for the CPU backend.
+        self._plan = plan
 
     @property
     def data(self) -> torch.Tensor:
@@ -142,8 +155,36 @@ class CompressedTensor:
         """Encoder statistics (zeros, coded, outliers, chunk kinds); None after from_bytes."""
         return None if self._stats is None else dict(self._stats)
 
+    @property
+    def stream_device(self) -> torch.device:
+        """Where the stream itself lives (and where :func:`decompress` decodes it)."""
+        return self._data.device
+
+    def to(self, device: Union[str, torch.device]) -> "CompressedTensor":
+        """The same stream moved to ``device`` (``"cpu"`` or a CUDA device), which also
+        becomes where :func:`decompress` puts the tensor by default. A stream on a GPU is
+        decoded there by the CUDA backend; moving one needs that backend."""
+        device = torch.device(device)
+        if device.type == "cuda":
+            if not _cuda_usable():
+                raise RuntimeError("CompressedTensor.to: the CUDA backend is not available (see actzip.backends())")
+            if device.index is None:
+                device = torch.device("cuda", torch.cuda.current_device())
+            host = self._data.cpu().numpy()
+            plan = _pipeline.plan_for(host[: int(self._info_full()["header_bytes"])], host.size)
+            return CompressedTensor(self._data.to(device), self._info, device, False, self._stats, plan)
+        if device.type != "cpu":
+            raise ValueError(f"CompressedTensor.to: device must be 'cpu' or a CUDA device, got {device}")
+        return CompressedTensor(self._data.cpu(), self._info, device, self._numpy, self._stats)
+
+    def _info_full(self) -> dict:
+        """Everything the header says (read from the stream, on the host)."""
+        if self._plan is not None:
+            return self._plan.info
+        return _core.read_info(self._data.numpy())
+
     def to_bytes(self) -> bytes:
-        return self._data.numpy().tobytes()
+        return self._data.cpu().numpy().tobytes()
 
     @classmethod
     def from_bytes(cls, b) -> "CompressedTensor":
@@ -169,7 +210,7 @@ class CompressedTensor:
 
     def __setstate__(self, state):
         other = CompressedTensor.from_bytes(state["stream"])
-        self._data, self._info, self._stats = other._data, other._info, None
+        self._data, self._info, self._stats, self._plan = other._data, other._info, None, None
         self._device = torch.device(state["device"])
         self._numpy = state["numpy"]
 
@@ -214,6 +255,8 @@ def compress(x, error_bound: float, *, mode: str = "abs", checksum: bool = False
         if x.dtype not in _DTYPE_CODES:
             raise TypeError(f"x: dtype must be float32, float16 or bfloat16, not {x.dtype}")
         device = x.device
+        if device.type == "cuda" and x.dim() <= 8 and _cuda_usable():
+            return _compress_pipeline(x, bound, mode, checksum, _pipeline.Exec.for_device(device))
         t = x.detach()
         if t.device.type != "cpu":
             t = t.to("cpu")
@@ -240,6 +283,28 @@ def compress(x, error_bound: float, *, mode: str = "abs", checksum: bool = False
     return CompressedTensor(out, info, device, numpy_in, plan.stats)
 
 
+def _compress_pipeline(x: torch.Tensor, bound: float, mode: str, checksum: bool, ex) -> CompressedTensor:
+    """Compresses a tensor with the chunk pipeline where ``ex`` says (the CUDA backend, or
+    its host emulation in tests); the stream stays on the tensor's device."""
+    t = x.detach().contiguous()
+    code = _DTYPE_CODES[t.dtype]
+    data, abs_bound, stats, plan = _pipeline.compress(t, code, bound, mode, checksum, ex)
+    info = {
+        "dtype": code,
+        "shape": tuple(t.shape),
+        "numel": t.numel(),
+        "mode": mode,
+        "requested_bound": bound,
+        "error_bound": abs_bound,
+    }
+    return CompressedTensor(data, info, x.device, False, stats, plan)
+
+
+def _decode_pipeline(c: CompressedTensor, out: torch.Tensor) -> None:
+    ex = _pipeline.Exec.for_device(c.stream_device, _num_threads)
+    _pipeline.decompress(c.data, c._plan, out, ex)
+
+
 def decompress(
     c: CompressedTensor,
     *,
@@ -255,6 +320,8 @@ def decompress(
     """
     if not isinstance(c, CompressedTensor):
         raise TypeError(f"c must be a CompressedTensor, not {type(c).__name__}")
+    if c._plan is not None:
+        return _decompress_pipeline(c, device, out)
     stream = c.data.numpy()
     if out is not None:
         if not isinstance(out, torch.Tensor):
@@ -277,3 +344,25 @@ def decompress(
         device = c.device
     device = torch.device(device)
     return result if device.type == "cpu" else result.to(device)
+
+
+def _decompress_pipeline(c: CompressedTensor, device, out: Optional[torch.Tensor]):
+    """decompress() of a stream the chunk pipeline decodes, where the stream lives."""
+    where = c.stream_device
+    if out is not None:
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"out must be a torch.Tensor, not {type(out).__name__}")
+        if out.dtype != c.dtype or out.shape != c.shape:
+            raise ValueError(
+                f"out must have shape {tuple(c.shape)} and dtype {c.dtype}, "
+                f"got {tuple(out.shape)} and {out.dtype}"
+            )
+        if out.device == where and out.is_contiguous():
+            _decode_pipeline(c, out)
+        else:
+            out.copy_(_decompress_pipeline(c, None, None))
+        return out
+    result = torch.empty(c.shape, dtype=c.dtype, device=where)
+    _decode_pipeline(c, result)
+    device = c.device if device is None else torch.device(device)
+    return result if device == where else result.to(device)

@@ -217,6 +217,12 @@ ACTZIP_TEST(pipeline_stages_refuse_bad_arguments) {
     const actzip::Status s = pl::sample(dev, ok_ref, 1.0, pred, hist);
     ACTZIP_CHECK(s.code == actzip::StatusCode::kInvalidArgument, "a device stage without CUDA: %s", s.message.c_str());
     ACTZIP_CHECK(pl::cuda_device_count() == 0, "devices without CUDA");
+  } else if (pl::cuda_device_count() == 0) {
+    // Built with CUDA, run without a GPU or a driver: an error status, never a crash.
+    dev.device = 3;
+    const actzip::Status s = pl::sample(dev, ok_ref, 1.0, pred, hist);
+    ACTZIP_CHECK(s.code == actzip::StatusCode::kDeviceError, "a device stage without a GPU: %d %s", int(s.code),
+                 s.message.c_str());
   }
   // A header copy shorter than the header it describes.
   const Compressed c = compress(make_tensor("n", actzip::DType::kFloat32, {1000}, Fill::kNormal, 3), 1e-2);
