@@ -798,8 +798,14 @@ ACTZIP_HD uint32_t decode_chunk_stream(const uint8_t* payload, const uint8_t* ch
       else bits = f32_to_bf16(v);
       ++t;
     }
+#if defined(__CUDA_ARCH__)
+    // The output tensor is aligned to its element size: one typed store.
+    if constexpr (kDT == 1) reinterpret_cast<uint32_t*>(dst)[i] = bits;
+    else reinterpret_cast<uint16_t*>(dst)[i] = uint16_t(bits);
+#else
     if constexpr (kDT == 1) store_le32_hd(dst + 4 * uint64_t(i), bits);
     else store_le16(dst + 2 * uint64_t(i), uint16_t(bits));
+#endif
     if (lorenzo2d) ring[i & (kRing - 1)] = q;
     if (p.row && ++col == p.row) col = 0;
   }

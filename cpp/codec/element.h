@@ -91,6 +91,17 @@ ACTZIP_HD float round_to_dtype(float r) {
 
 template <int kDType>
 ACTZIP_HD float load_elem(const void* base, uint64_t i) {
+#if defined(__CUDA_ARCH__)
+  // On the GPU, tensors are aligned to their element size (torch's allocations are): one
+  // typed load through the read-only cache, not a byte-wise copy.
+  if constexpr (kDType == 1) {
+    return __ldg(static_cast<const float*>(base) + i);
+  } else {
+    const uint16_t h = __ldg(static_cast<const unsigned short*>(base) + i);
+    if constexpr (kDType == 2) return f16_to_f32(h);
+    else return bf16_to_f32(h);
+  }
+#endif
   if constexpr (kDType == 1) {
     float f;
     std::memcpy(&f, static_cast<const uint8_t*>(base) + 4 * i, 4);
