@@ -63,6 +63,18 @@ struct PyPlan {
   std::unique_ptr<actzip::CompressPlan> plan;
 };
 
+py::dict stats_dict(const actzip::CompressStats& s) {
+  py::dict d;
+  d["zeros"] = s.zeros;
+  d["coded"] = s.coded;
+  d["outliers"] = s.outliers;
+  d["raw_chunks"] = s.raw_chunks;
+  d["zero_chunks"] = s.zero_chunks;
+  d["lorenzo_chunks"] = s.lorenzo_chunks;
+  d["lorenzo2d_chunks"] = s.lorenzo2d_chunks;
+  return d;
+}
+
 py::dict info_dict(const actzip::StreamInfo& info) {
   py::dict d;
   d["dtype"] = int(info.dtype);
@@ -102,18 +114,6 @@ pl::TensorRef tensor_ref(uintptr_t data, int dtype, const std::vector<uint64_t>&
 template <class T>
 T* ptr(uintptr_t address) {
   return reinterpret_cast<T*>(address);
-}
-
-py::dict stats_dict(const actzip::CompressStats& s) {
-  py::dict d;
-  d["zeros"] = s.zeros;
-  d["coded"] = s.coded;
-  d["outliers"] = s.outliers;
-  d["raw_chunks"] = s.raw_chunks;
-  d["zero_chunks"] = s.zero_chunks;
-  d["lorenzo_chunks"] = s.lorenzo_chunks;
-  d["lorenzo2d_chunks"] = s.lorenzo2d_chunks;
-  return d;
 }
 
 actzip::BoundMode to_mode(const std::string& mode) {
@@ -242,19 +242,7 @@ PYBIND11_MODULE(_core, m) {
   py::class_<PyPlan>(m, "CompressPlan")
       .def_property_readonly("compressed_bytes", [](const PyPlan& p) { return p.plan->compressed_bytes(); })
       .def_property_readonly("error_bound", [](const PyPlan& p) { return p.plan->error_bound(); })
-      .def_property_readonly("stats",
-                             [](const PyPlan& p) {
-                               const auto& s = p.plan->stats();
-                               py::dict d;
-                               d["zeros"] = s.zeros;
-                               d["coded"] = s.coded;
-                               d["outliers"] = s.outliers;
-                               d["raw_chunks"] = s.raw_chunks;
-                               d["zero_chunks"] = s.zero_chunks;
-                               d["lorenzo_chunks"] = s.lorenzo_chunks;
-                               d["lorenzo2d_chunks"] = s.lorenzo2d_chunks;
-                               return d;
-                             })
+      .def_property_readonly("stats", [](const PyPlan& p) { return stats_dict(p.plan->stats()); })
       .def(
           "encode",
           [](const PyPlan& p, const py::buffer& out, int num_threads) {

@@ -123,6 +123,24 @@ struct PredictorHist {
   uint32_t coded;
 };
 
+// Counts a sample into a chunk's PredictorHist and a mask histogram with counters of type
+// M, one thread at a time (the GPU's sampling kernel counts with atomics instead).
+template <class M>
+struct LocalSampleCount {
+  PredictorHist* ph;
+  M* mask;
+  ACTZIP_HD void operator()(int what, uint32_t index) {
+    switch (what) {
+      case kCountNone: ++ph->none[index]; break;
+      case kCountLorenzo: ++ph->lor[index]; break;
+      case kCountLorenzo2D: ++ph->lor2d[index]; break;
+      case kCountMask: ++mask[index]; break;
+      case kCountSign: ++ph->sign_bits; break;
+      default: ++ph->coded; break;
+    }
+  }
+};
+
 // Order-0 entropy (in bits) of a histogram of at most kChunkElems counts, plus the extra
 // bits of the class bins. `nlog2n[n]` = n * log2(n) as binary32, computed once on the host
 // (every backend must use the same table so that choices match).

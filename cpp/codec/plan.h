@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "actzip/actzip.h"
@@ -12,6 +13,17 @@
 
 namespace actzip {
 namespace detail {
+
+// Calls f with std::integral_constant<int, dtype code> (1 float32, 2 float16, 3 bfloat16), so
+// per-element code is compiled once per dtype.
+template <class F>
+auto dispatch_dtype(DType dtype, F f) {
+  switch (dtype) {
+    case DType::kFloat16: return f(std::integral_constant<int, 2>{});
+    case DType::kBFloat16: return f(std::integral_constant<int, 3>{});
+    default: return f(std::integral_constant<int, 1>{});
+  }
+}
 
 // The row length the 2-D predictor works on (the last extent), or 0 where it is not considered.
 inline uint32_t grid_row(const std::vector<uint64_t>& shape) {

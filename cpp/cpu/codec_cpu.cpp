@@ -117,21 +117,6 @@ void classify_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const Q
 }
 
 
-// Counts a sample into a chunk's PredictorHist and the thread's mask histogram.
-struct CpuSampleCount {
-  PredictorHist* ph;
-  uint64_t* mask_hist;
-  void operator()(int what, uint32_t index) {
-    switch (what) {
-      case kCountNone: ++ph->none[index]; break;
-      case kCountLorenzo: ++ph->lor[index]; break;
-      case kCountLorenzo2D: ++ph->lor2d[index]; break;
-      case kCountMask: ++mask_hist[index]; break;
-      case kCountSign: ++ph->sign_bits; break;
-      default: ++ph->coded; break;
-    }
-  }
-};
 
 // Thread-local scratch of the main pass (8 bytes of slack for FastBitWriter).
 struct Scratch {
@@ -362,14 +347,6 @@ void finite_range_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, flo
   *hi = any ? key_value(khi) : -std::numeric_limits<float>::infinity();
 }
 
-template <class F>
-auto dispatch_dtype(DType dtype, F f) {
-  switch (dtype) {
-    case DType::kFloat16: return f(std::integral_constant<int, 2>{});
-    case DType::kBFloat16: return f(std::integral_constant<int, 3>{});
-    default: return f(std::integral_constant<int, 1>{});
-  }
-}
 
 }  // namespace
 
@@ -451,7 +428,7 @@ Status plan_compress(const void* data, DType dtype, const std::vector<uint64_t>&
     Status s = for_each_chunk(nchunks, threads, [&](uint32_t c, int slot) {
       thread_local PredictorHist ph;
       std::memset(&ph, 0, sizeof ph);
-      CpuSampleCount count{&ph, part_mask[size_t(slot)].data()};
+      LocalSampleCount<uint64_t> count{&ph, part_mask[size_t(slot)].data()};
       int32_t window[kSampleWindow];
       const uint32_t elems = chunk_elem_count(numel, c);
       const uint64_t chunk_begin = uint64_t(c) * kChunkElems;

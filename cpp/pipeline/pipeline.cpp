@@ -52,14 +52,6 @@ Status check_bound(double abs_bound) {
   return Status::Ok();
 }
 
-template <class F>
-auto with_dtype(DType dtype, F f) {
-  switch (dtype) {
-    case DType::kFloat16: return f(std::integral_constant<int, 2>{});
-    case DType::kBFloat16: return f(std::integral_constant<int, 3>{});
-    default: return f(std::integral_constant<int, 1>{});
-  }
-}
 
 void host_for(uint32_t chunks, int threads, const std::function<void(uint32_t)>& body) {
   parallel_for(int64_t(chunks), std::min<int>(threads, int(std::max<uint32_t>(chunks, 1))),
@@ -78,21 +70,6 @@ StageArgs stage_args(const TensorRef& x, uint64_t numel, double abs_bound) {
   return a;
 }
 
-// Counts a sample into a PredictorHist and a mask histogram (host emulation).
-struct HostCount {
-  PredictorHist* ph;
-  uint32_t* mask;
-  void operator()(int what, uint32_t index) {
-    switch (what) {
-      case kCountNone: ++ph->none[index]; break;
-      case kCountLorenzo: ++ph->lor[index]; break;
-      case kCountLorenzo2D: ++ph->lor2d[index]; break;
-      case kCountMask: ++mask[index]; break;
-      case kCountSign: ++ph->sign_bits; break;
-      default: ++ph->coded; break;
-    }
-  }
-};
 
 }  // namespace
 
@@ -140,7 +117,7 @@ Status finite_range(const Exec& exec, const TensorRef& x, int32_t* keys) {
   keys[1] = INT32_MIN;
   host_for(a.num_chunks, exec.num_threads, [&](uint32_t c) {
     int32_t lo, hi;
-    with_dtype(x.dtype, [&](auto dt) {
+    dispatch_dtype(x.dtype, [&](auto dt) {
       chunk_range_keys<decltype(dt)::value>(x.data, uint64_t(c) * kChunkElems, chunk_elem_count(numel, c), &lo, &hi);
     });
     std::lock_guard<std::mutex> lk(mu);
@@ -172,11 +149,11 @@ Status sample(const Exec& exec, const TensorRef& x, double abs_bound, uint8_t* p
     thread_local PredictorHist ph;
     std::memset(&ph, 0, sizeof ph);
     uint32_t mask[256] = {0};
-    HostCount count{&ph, mask};
+    LocalSampleCount<uint32_t> count{&ph, mask};
     const uint32_t elems = chunk_elem_count(numel, c);
     const uint64_t begin = uint64_t(c) * kChunkElems;
     for (uint32_t r = 0; r < sample_runs(elems); ++r)
-      with_dtype(x.dtype, [&](auto dt) {
+      dispatch_dtype(x.dtype, [&](auto dt) {
         sample_chunk_run<decltype(dt)::value>(x.data, begin, elems, r, qz, a.row, count);
       });
     const uint32_t* chosen = nullptr;
@@ -238,7 +215,7 @@ Status measure(const Exec& exec, const TensorRef& x, double abs_bound, const uin
   const EncodeBooks books = encode_books(packed_books, direct_log2);
   host_for(a.num_chunks, exec.num_threads, [&](uint32_t c) {
     ChunkLayout L;
-    with_dtype(x.dtype, [&](auto dt) {
+    dispatch_dtype(x.dtype, [&](auto dt) {
       measure_chunk<decltype(dt)::value>(x.data, numel, c, qz, predictors[c], a.row, books, &L);
     });
     std::memcpy(layouts + uint64_t(c) * kLayoutBytes, &L, sizeof L);
@@ -331,7 +308,7 @@ Status write(const Exec& exec, const TensorRef& x, double abs_bound, const uint8
     ChunkLayout L;
     std::memcpy(&L, layouts + uint64_t(c) * kLayoutBytes, sizeof L);
     const uint64_t start = c == 0 ? 0 : load_le64_hd(table + 8 * uint64_t(c - 1));
-    with_dtype(x.dtype, [&](auto dt) {
+    dispatch_dtype(x.dtype, [&](auto dt) {
       write_chunk<decltype(dt)::value>(x.data, numel, c, qz, a.row, books, L, stream + header_bytes + start);
     });
   });
@@ -430,7 +407,7 @@ Status decode(const Exec& exec, const uint8_t* stream, const DecodePlan& plan, c
   const uint8_t* payload = stream + d.header_bytes;
   const uint8_t* table = stream + d.header_bytes - 8 - 8 * uint64_t(d.params.num_chunks);
   host_for(d.params.num_chunks, exec.num_threads, [&](uint32_t c) {
-    const uint32_t e = with_dtype(plan.info.dtype, [&](auto dt) {
+    const uint32_t e = dispatch_dtype(plan.info.dtype, [&](auto dt) {
       return decode_chunk_stream<decltype(dt)::value>(payload, table, c, d.params, t, t + kDecodeTableSize, out);
     });
     if (e == kDecodeOk) return;

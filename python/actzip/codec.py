@@ -320,9 +320,6 @@ def decompress(
     """
     if not isinstance(c, CompressedTensor):
         raise TypeError(f"c must be a CompressedTensor, not {type(c).__name__}")
-    if c._plan is not None:
-        return _decompress_pipeline(c, device, out)
-    stream = c.data.numpy()
     if out is not None:
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"out must be a torch.Tensor, not {type(out).__name__}")
@@ -331,6 +328,10 @@ def decompress(
                 f"out must have shape {tuple(c.shape)} and dtype {c.dtype}, "
                 f"got {tuple(out.shape)} and {out.dtype}"
             )
+    if c._plan is not None:
+        return _decompress_pipeline(c, device, out)
+    stream = c.data.numpy()
+    if out is not None:
         if out.device.type == "cpu" and out.is_contiguous():
             _core.decompress(stream, _byte_view(out), _num_threads)
         else:
@@ -347,16 +348,10 @@ def decompress(
 
 
 def _decompress_pipeline(c: CompressedTensor, device, out: Optional[torch.Tensor]):
-    """decompress() of a stream the chunk pipeline decodes, where the stream lives."""
+    """decompress() of a stream the chunk pipeline decodes, where the stream lives
+    (``out``, if given, is already checked)."""
     where = c.stream_device
     if out is not None:
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(f"out must be a torch.Tensor, not {type(out).__name__}")
-        if out.dtype != c.dtype or out.shape != c.shape:
-            raise ValueError(
-                f"out must have shape {tuple(c.shape)} and dtype {c.dtype}, "
-                f"got {tuple(out.shape)} and {out.dtype}"
-            )
         if out.device == where and out.is_contiguous():
             _decode_pipeline(c, out)
         else:
