@@ -147,12 +147,21 @@ void bind_pipeline(py::module_& m) {
     stage([&] { return pl::finite_range(make_exec(device, stream, threads), t, ptr<int32_t>(keys)); });
   });
   m.def("pipeline_rel_abs_bound", &pl::rel_abs_bound);
+  m.attr("PIPELINE_BOUND_BYTES") = pl::kBoundBytes;
+  m.def("pipeline_resolve_bound", [](int device, uintptr_t stream, int threads, const std::string& mode,
+                                     double requested, uintptr_t keys, uintptr_t bound) {
+    const actzip::BoundMode m = to_mode(mode);
+    stage([&] {
+      return pl::resolve_bound(make_exec(device, stream, threads), m, requested, ptr<const int32_t>(keys),
+                               ptr<double>(bound));
+    });
+  });
   m.def("pipeline_sample", [](int device, uintptr_t stream, int threads, uintptr_t x, int dtype,
-                              const std::vector<uint64_t>& shape, double abs_bound, uintptr_t predictors,
+                              const std::vector<uint64_t>& shape, uintptr_t bound, uintptr_t predictors,
                               uintptr_t hist) {
     const pl::TensorRef t = tensor_ref(x, dtype, shape);
     stage([&] {
-      return pl::sample(make_exec(device, stream, threads), t, abs_bound, ptr<uint8_t>(predictors),
+      return pl::sample(make_exec(device, stream, threads), t, ptr<const double>(bound), ptr<uint8_t>(predictors),
                         ptr<uint64_t>(hist));
     });
   });
@@ -172,11 +181,12 @@ void bind_pipeline(py::module_& m) {
     return books;
   });
   m.def("pipeline_measure", [](int device, uintptr_t stream, int threads, uintptr_t x, int dtype,
-                               const std::vector<uint64_t>& shape, double abs_bound, uintptr_t predictors,
+                               const std::vector<uint64_t>& shape, uintptr_t bound, uintptr_t predictors,
                                uintptr_t packed, int direct_log2, uintptr_t layouts) {
     const pl::TensorRef t = tensor_ref(x, dtype, shape);
     stage([&] {
-      return pl::measure(make_exec(device, stream, threads), t, abs_bound, ptr<const uint8_t>(predictors),
+      return pl::measure(make_exec(device, stream, threads), t, ptr<const double>(bound),
+                         ptr<const uint8_t>(predictors),
                          ptr<const uint32_t>(packed), direct_log2, ptr<uint8_t>(layouts));
     });
   });
@@ -195,12 +205,12 @@ void bind_pipeline(py::module_& m) {
                           a.stream_bytes, stats_dict(a.stats));
   });
   m.def("pipeline_write", [](int device, uintptr_t stream, int threads, uintptr_t x, int dtype,
-                             const std::vector<uint64_t>& shape, double abs_bound, uintptr_t predictors,
+                             const std::vector<uint64_t>& shape, uintptr_t bound, uintptr_t predictors,
                              uintptr_t packed, int direct_log2, uintptr_t layouts, uintptr_t out,
                              uint64_t header_bytes) {
     const pl::TensorRef t = tensor_ref(x, dtype, shape);
     stage([&] {
-      return pl::write(make_exec(device, stream, threads), t, abs_bound, ptr<const uint8_t>(predictors),
+      return pl::write(make_exec(device, stream, threads), t, ptr<const double>(bound), ptr<const uint8_t>(predictors),
                        ptr<const uint32_t>(packed), direct_log2, ptr<const uint8_t>(layouts), ptr<uint8_t>(out),
                        header_bytes);
     });

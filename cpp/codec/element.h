@@ -125,6 +125,40 @@ ACTZIP_HD void store_elem(void* base, uint64_t i, float v) {
   }
 }
 
+// quant_step_for(e) of docs/FORMAT.md section 3: the largest binary32 value of at most 8
+// significant bits, M * 2^E with M < 256 and E >= -149, that does not exceed 2e (2^-149 when
+// 2e is smaller still). 8 significant bits keep float32(m) * step exact for every |q| < 2^16
+// and cost at most 1/128 (0.8%) of the step; a power of two, the simplest exact choice,
+// costs up to half the step. Only exact operations: every backend gets the same bits.
+ACTZIP_HD float quant_step_hd(double error_bound) {
+  const double kLargest = 255.0 * ::ldexp(1.0, 120);  // the largest M * 2^E below FLT_MAX
+  const double twice = 2.0 * (kLargest < error_bound ? kLargest : error_bound);
+  if (twice >= kLargest) return float(kLargest);
+  int ex = 0;
+  ::frexp(twice, &ex);  // twice = f * 2^ex with f in [0.5, 1)
+  const int e = ex - 8 > -149 ? ex - 8 : -149;
+  const double m = ::floor(::ldexp(twice, -e));  // exact: a power-of-two scaling
+  if (m < 1) return ::ldexpf(1.0f, -149);
+  return float(::ldexp(m, e));  // exact in binary32
+}
+
+// The absolute bound of a relative request, from the finite minimum and maximum (lo > hi
+// when there is no finite element): `requested` times the range; a constant tensor takes
+// the bound relative to its magnitude, and one with no non-zero finite value relative to
+// 1. Kept positive and finite. Only exact operations, as above.
+ACTZIP_HD double rel_abs_bound_hd(double lo, double hi, double requested) {
+  double range = hi >= lo ? hi - lo : 0.0;
+  if (range == 0) {
+    const double a = ::fabs(lo), b = ::fabs(hi);
+    range = hi >= lo ? (a < b ? b : a) : 0.0;
+  }
+  if (range == 0) range = 1.0;
+  double bound = requested * range;
+  if (!(bound > 0)) bound = 4.9406564584124654e-324;                 // the smallest subnormal
+  if (!(bound <= 1.7976931348623157e308)) bound = 1.7976931348623157e308;  // the largest double
+  return bound;
+}
+
 // The quantizer's constants for one stream.
 struct Quantizer {
   double error_bound;  // absolute

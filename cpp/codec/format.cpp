@@ -23,19 +23,7 @@ Status format_error(const char* fmt, ...) {
   return Status{StatusCode::kFormatError, buf};
 }
 
-float quant_step_for(double error_bound) {
-  // 8 significant bits keep float32(m) * step exact for every |q| < 2^16 and cost at most
-  // 1/128 (0.8%) of the step; a power of two, the simplest exact choice, costs up to half the step.
-  const double kLargest = 255.0 * std::ldexp(1.0, 120);  // the largest M * 2^E below FLT_MAX
-  const double twice = 2.0 * std::min(error_bound, kLargest);
-  if (twice >= kLargest) return float(kLargest);
-  int ex = 0;
-  std::frexp(twice, &ex);  // twice = f * 2^ex with f in [0.5, 1)
-  const int e = std::max(ex - 8, -149);
-  const double m = std::floor(std::ldexp(twice, -e));  // exact: a power-of-two scaling
-  if (m < 1) return std::ldexp(1.0f, -149);
-  return float(std::ldexp(m, e));  // exact in binary32
-}
+float quant_step_for(double error_bound) { return quant_step_hd(error_bound); }
 
 uint32_t chunk_count(uint64_t numel) { return uint32_t((numel + kChunkElems - 1) / kChunkElems); }
 

@@ -31,15 +31,7 @@ const std::vector<float>& nlog2n_table() {
   return table;
 }
 
-double rel_abs_bound(double lo, double hi, double requested) {
-  double range = hi >= lo ? hi - lo : 0.0;
-  if (range == 0) range = hi >= lo ? std::max(std::fabs(lo), std::fabs(hi)) : 0.0;
-  if (range == 0) range = 1.0;
-  double bound = requested * range;
-  if (!(bound > 0)) bound = std::numeric_limits<double>::denorm_min();
-  if (!std::isfinite(bound)) bound = std::numeric_limits<double>::max();
-  return bound;
-}
+double rel_abs_bound(double lo, double hi, double requested) { return rel_abs_bound_hd(lo, hi, requested); }
 
 Status build_code_books(const uint64_t* fine, const uint64_t* mask, CodeBooks* books) {
   // direct_log2: the k whose codebook plus estimated code size is smallest.

@@ -96,6 +96,19 @@ __global__ void range_kernel(StageArgs a, int32_t* keys) {
   }
 }
 
+__global__ void resolve_bound_kernel(bool relative, double requested, const int32_t* keys, double* bound) {
+  double b = requested;
+  if (relative) {
+    const bool any = keys[0] <= keys[1];
+    const double inf = __longlong_as_double(0x7FF0000000000000ll);
+    const double lo = any ? double(key_value(keys[0])) : inf;
+    const double hi = any ? double(key_value(keys[1])) : -inf;
+    b = rel_abs_bound_hd(lo, hi, requested);
+  }
+  bound[0] = b;
+  bound[1] = double(quant_step_hd(b));
+}
+
 // Counts a sample into the block's shared histograms.
 struct SharedCount {
   PredictorHist* ph;
@@ -124,7 +137,7 @@ __global__ void sample_kernel(StageArgs a, uint8_t* predictors, unsigned long lo
   __syncthreads();
   const uint32_t elems = chunk_elems(a.numel, c);
   const uint64_t begin = uint64_t(c) * kChunkElems;
-  const Quantizer qz = make_quantizer(a.error_bound, a.quant_step);
+  const Quantizer qz = stage_quantizer(a);
   SharedCount count{&ph, mask};
   for (uint32_t r = threadIdx.x; r < sample_runs(elems); r += blockDim.x)
     sample_chunk_run<kDT>(a.data, begin, elems, r, qz, a.row, count);
@@ -147,7 +160,7 @@ __global__ void measure_kernel(StageArgs a, const uint8_t* predictors, const uin
   const uint32_t c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= a.num_chunks) return;
   const EncodeBooks books{packed, packed + code_alphabet(k), k};
-  const Quantizer qz = make_quantizer(a.error_bound, a.quant_step);
+  const Quantizer qz = stage_quantizer(a);
   ChunkLayout L;
   measure_chunk<kDT>(a.data, a.numel, c, qz, predictors[c], a.row, books, &L);
   layouts[c] = L;
@@ -159,7 +172,7 @@ __global__ void write_kernel(StageArgs a, const uint32_t* packed, int k, const C
   const uint32_t c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= a.num_chunks) return;
   const EncodeBooks books{packed, packed + code_alphabet(k), k};
-  const Quantizer qz = make_quantizer(a.error_bound, a.quant_step);
+  const Quantizer qz = stage_quantizer(a);
   const uint8_t* table = stream + header_bytes - 8 - 8 * uint64_t(a.num_chunks);
   const uint64_t start = c == 0 ? 0 : load_le64_hd(table + 8 * uint64_t(c - 1));
   write_chunk<kDT>(a.data, a.numel, c, qz, a.row, books, layouts[c], stream + header_bytes + start);
@@ -233,6 +246,15 @@ Status finite_range(const Exec& exec, const StageArgs& a, int32_t* keys) {
         <<<grid_for(a.num_chunks, kThreadsPerBlock), kThreadsPerBlock, 0, stream_of(exec)>>>(a, keys);
     return launched("range");
   });
+}
+
+Status resolve_bound(const Exec& exec, bool relative, double requested, const int32_t* keys, double* bound) {
+  Status s = check_aligned(bound, "bound");
+  if (!s.ok()) return s;
+  DeviceScope scope(exec.device);
+  if (scope.status() != cudaSuccess) return device_error(scope.status(), "selecting the device");
+  resolve_bound_kernel<<<1, 1, 0, stream_of(exec)>>>(relative, requested, keys, bound);
+  return launched("resolve bound");
 }
 
 Status sample(const Exec& exec, const StageArgs& a, const float* nlog2n_host, uint8_t* predictors, uint64_t* hist) {

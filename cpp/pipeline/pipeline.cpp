@@ -52,21 +52,32 @@ Status check_bound(double abs_bound) {
   return Status::Ok();
 }
 
+// A bound buffer as resolve_bound() leaves it. Only host memory can be read here; a
+// device's is the device stages' to read (a bad one cannot fault them: the quantizer then
+// makes every element an outlier).
+Status check_bound_buffer(const Exec& exec, const double* bound) {
+  if (bound == nullptr) return invalid("bound is null");
+  if (exec.device >= 0) return Status::Ok();
+  Status s = check_bound(bound[0]);
+  if (!s.ok()) return s;
+  if (bound[1] != double(quant_step_hd(bound[0]))) return invalid("bound[1] is not the step of bound[0]");
+  return Status::Ok();
+}
+
 
 void host_for(uint32_t chunks, int threads, const std::function<void(uint32_t)>& body) {
   parallel_for(int64_t(chunks), std::min<int>(threads, int(std::max<uint32_t>(chunks, 1))),
                [&](int64_t c, int /*slot*/) { body(uint32_t(c)); });
 }
 
-StageArgs stage_args(const TensorRef& x, uint64_t numel, double abs_bound) {
+StageArgs stage_args(const TensorRef& x, uint64_t numel, const double* bound) {
   StageArgs a;
   a.data = x.data;
   a.dtype = int(x.dtype);
   a.numel = numel;
   a.num_chunks = chunk_count(numel);
   a.row = grid_row(x.shape);
-  a.error_bound = abs_bound;
-  a.quant_step = abs_bound > 0 ? quant_step_for(abs_bound) : 0.0f;
+  a.bound = bound;
   return a;
 }
 
@@ -104,7 +115,7 @@ Status finite_range(const Exec& exec, const TensorRef& x, int32_t* keys) {
   if (!s.ok()) return s;
   if (!(s = check_exec(exec)).ok()) return s;
   if (keys == nullptr) return invalid("keys is null");
-  const StageArgs a = stage_args(x, numel, 0);
+  const StageArgs a = stage_args(x, numel, nullptr);
   if (exec.device >= 0) {
 #if defined(ACTZIP_HAVE_CUDA)
     return cuda::finite_range(exec, a, keys);
@@ -127,13 +138,31 @@ Status finite_range(const Exec& exec, const TensorRef& x, int32_t* keys) {
   return Status::Ok();
 }
 
-Status sample(const Exec& exec, const TensorRef& x, double abs_bound, uint8_t* predictors, uint64_t* hist) {
+Status resolve_bound(const Exec& exec, BoundMode mode, double requested, const int32_t* keys, double* bound) {
+  Status s = check_exec(exec);
+  if (!s.ok()) return s;
+  if (!(s = check_bound(requested)).ok()) return s;
+  if (mode != BoundMode::kAbs && mode != BoundMode::kRel) return invalid("unknown bound mode");
+  if (bound == nullptr || (mode == BoundMode::kRel && keys == nullptr)) return invalid("bound or keys is null");
+  if (exec.device >= 0) {
+#if defined(ACTZIP_HAVE_CUDA)
+    return cuda::resolve_bound(exec, mode == BoundMode::kRel, requested, keys, bound);
+#else
+    return no_cuda();
+#endif
+  }
+  bound[0] = mode == BoundMode::kRel ? pipeline::rel_abs_bound(keys[0], keys[1], requested) : requested;
+  bound[1] = double(quant_step_hd(bound[0]));
+  return Status::Ok();
+}
+
+Status sample(const Exec& exec, const TensorRef& x, const double* bound, uint8_t* predictors, uint64_t* hist) {
   uint64_t numel = 0;
   Status s = check_tensor(x, &numel);
   if (!s.ok()) return s;
-  if (!(s = check_exec(exec)).ok() || !(s = check_bound(abs_bound)).ok()) return s;
+  if (!(s = check_exec(exec)).ok() || !(s = check_bound_buffer(exec, bound)).ok()) return s;
   if (hist == nullptr || (numel != 0 && predictors == nullptr)) return invalid("predictors or hist is null");
-  const StageArgs a = stage_args(x, numel, abs_bound);
+  const StageArgs a = stage_args(x, numel, bound);
   if (exec.device >= 0) {
 #if defined(ACTZIP_HAVE_CUDA)
     return cuda::sample(exec, a, nlog2n_table().data(), predictors, hist);
@@ -143,7 +172,7 @@ Status sample(const Exec& exec, const TensorRef& x, double abs_bound, uint8_t* p
   }
   std::fill(hist, hist + kHistCounters, uint64_t(0));
   std::mutex mu;
-  const Quantizer qz = make_quantizer(a.error_bound, a.quant_step);
+  const Quantizer qz = stage_quantizer(a);
   const float* nlog2n = nlog2n_table().data();
   host_for(a.num_chunks, exec.num_threads, [&](uint32_t c) {
     thread_local PredictorHist ph;
@@ -195,15 +224,15 @@ Status check_books(const uint32_t* packed, int direct_log2) {
 }
 }  // namespace
 
-Status measure(const Exec& exec, const TensorRef& x, double abs_bound, const uint8_t* predictors,
+Status measure(const Exec& exec, const TensorRef& x, const double* bound, const uint8_t* predictors,
                const uint32_t* packed_books, int direct_log2, uint8_t* layouts) {
   uint64_t numel = 0;
   Status s = check_tensor(x, &numel);
   if (!s.ok()) return s;
-  if (!(s = check_exec(exec)).ok() || !(s = check_bound(abs_bound)).ok()) return s;
+  if (!(s = check_exec(exec)).ok() || !(s = check_bound_buffer(exec, bound)).ok()) return s;
   if (!(s = check_books(packed_books, direct_log2)).ok()) return s;
   if (numel != 0 && (predictors == nullptr || layouts == nullptr)) return invalid("predictors or layouts is null");
-  const StageArgs a = stage_args(x, numel, abs_bound);
+  const StageArgs a = stage_args(x, numel, bound);
   if (exec.device >= 0) {
 #if defined(ACTZIP_HAVE_CUDA)
     return cuda::measure(exec, a, predictors, packed_books, direct_log2, layouts);
@@ -211,7 +240,7 @@ Status measure(const Exec& exec, const TensorRef& x, double abs_bound, const uin
     return no_cuda();
 #endif
   }
-  const Quantizer qz = make_quantizer(a.error_bound, a.quant_step);
+  const Quantizer qz = stage_quantizer(a);
   const EncodeBooks books = encode_books(packed_books, direct_log2);
   host_for(a.num_chunks, exec.num_threads, [&](uint32_t c) {
     ChunkLayout L;
@@ -280,17 +309,17 @@ Status assemble(const uint8_t* layouts, const TensorRef& x, BoundMode mode, doub
   return Status::Ok();
 }
 
-Status write(const Exec& exec, const TensorRef& x, double abs_bound, const uint8_t* predictors,
+Status write(const Exec& exec, const TensorRef& x, const double* bound, const uint8_t* predictors,
              const uint32_t* packed_books, int direct_log2, const uint8_t* layouts, uint8_t* stream,
              uint64_t header_bytes) {
   uint64_t numel = 0;
   Status s = check_tensor(x, &numel);
   if (!s.ok()) return s;
-  if (!(s = check_exec(exec)).ok() || !(s = check_bound(abs_bound)).ok()) return s;
+  if (!(s = check_exec(exec)).ok() || !(s = check_bound_buffer(exec, bound)).ok()) return s;
   if (!(s = check_books(packed_books, direct_log2)).ok()) return s;
   if (stream == nullptr || (numel != 0 && (predictors == nullptr || layouts == nullptr)))
     return invalid("stream, predictors or layouts is null");
-  const StageArgs a = stage_args(x, numel, abs_bound);
+  const StageArgs a = stage_args(x, numel, bound);
   if (header_bytes % 8 != 0 || header_bytes < 8 * uint64_t(a.num_chunks) + 8)
     return invalid("header_bytes does not fit a header");
   if (reinterpret_cast<uintptr_t>(stream) % 8 != 0) return invalid("stream must be 8-byte aligned");
@@ -301,7 +330,7 @@ Status write(const Exec& exec, const TensorRef& x, double abs_bound, const uint8
     return no_cuda();
 #endif
   }
-  const Quantizer qz = make_quantizer(a.error_bound, a.quant_step);
+  const Quantizer qz = stage_quantizer(a);
   const EncodeBooks books = encode_books(packed_books, direct_log2);
   const uint8_t* table = stream + header_bytes - 8 - 8 * uint64_t(a.num_chunks);
   host_for(a.num_chunks, exec.num_threads, [&](uint32_t c) {

@@ -16,9 +16,13 @@ struct StageArgs {
   uint64_t numel = 0;
   uint32_t num_chunks = 0;
   uint32_t row = 0;  // the 2-D predictor's row length (0: not considered)
-  double error_bound = 0;
-  float quant_step = 0;
+  const double* bound = nullptr;  // the absolute bound and the step, where the stage runs
 };
+
+// The quantizer of a stage, from the bound resolve_bound() left in the Exec's memory.
+ACTZIP_HD detail::Quantizer stage_quantizer(const StageArgs& a) {
+  return detail::make_quantizer(a.bound[0], float(a.bound[1]));
+}
 
 struct DecodeArgs {
   const uint8_t* stream = nullptr;
@@ -31,6 +35,7 @@ struct DecodeArgs {
 namespace cuda {
 int device_count();
 Status finite_range(const Exec& exec, const StageArgs& a, int32_t* keys);
+Status resolve_bound(const Exec& exec, bool relative, double requested, const int32_t* keys, double* bound);
 Status sample(const Exec& exec, const StageArgs& a, const float* nlog2n_host, uint8_t* predictors, uint64_t* hist);
 Status measure(const Exec& exec, const StageArgs& a, const uint8_t* predictors, const uint32_t* packed_books,
                int direct_log2, uint8_t* layouts);

@@ -9,13 +9,18 @@
 // (histograms, chunk layouts, a status word) and decides when to wait for them.
 //
 // Compression, for a tensor x of `numel` elements:
-//   1. (mode kRel only) finite_range()           -> 2 keys; host: rel_abs_bound()
+//   1. (mode kRel only) finite_range()           -> 2 keys
+//      resolve_bound()                            -> the absolute bound and the step
 //   2. sample()                                   -> predictors (1 byte a chunk), histograms
 //      host: build_books() from the histograms    -> codebooks, packed for the device
 //   3. measure()                                  -> a 64-byte layout per chunk
 //      host: assemble() from the layouts          -> the header and the stream's length
 //   4. the caller puts the header at the stream's start; write() writes the chunks.
 // The bytes equal those of actzip::plan_compress() + encode() for the same input and bound.
+// Codebooks built from another tensor (the same layer's at the previous step, say) work
+// too: every symbol has a code, so the stream stays valid and decodes to the same values,
+// except that a chunk those books would code worse than raw is stored raw (exact); only
+// the size changes. Then the only result the host must wait for is the layouts.
 //
 // Decompression: plan_decode() on a host copy of the header; decode_tables(); decode(),
 // which leaves a status word (0 = success; decode_status_message() explains the rest).
@@ -66,12 +71,17 @@ struct TensorRef {
 // Stage 1: the finite minimum and maximum as order-preserving int32 keys (keys[0] <=
 // keys[1] unless the tensor has no finite element).
 Status finite_range(const Exec& exec, const TensorRef& x, int32_t* keys);
-// Host: the absolute bound a kRel request means, from stage 1's keys.
+// Stage 1: the absolute bound of a request and its quantization step, as two doubles in
+// `bound` (kBoundBytes): for kRel from finite_range()'s keys, for kAbs (keys null) the
+// request itself. Later stages read the bound there, so it never has to visit the host.
+inline constexpr uint64_t kBoundBytes = 16;
+Status resolve_bound(const Exec& exec, BoundMode mode, double requested, const int32_t* keys, double* bound);
+// Host: the absolute bound a kRel request means, from the keys.
 double rel_abs_bound(int32_t key_lo, int32_t key_hi, double requested);
 
 // Stage 2: each chunk's predictor (num_chunks bytes) and the tensor's sampled histograms
 // (kHistCounters u64 counters; the stage zeroes them first).
-Status sample(const Exec& exec, const TensorRef& x, double abs_bound, uint8_t* predictors, uint64_t* hist);
+Status sample(const Exec& exec, const TensorRef& x, const double* bound, uint8_t* predictors, uint64_t* hist);
 
 // Host: the codebooks for a histogram (a host copy of stage 2's).
 struct Books {
@@ -84,7 +94,7 @@ struct Books {
 Status build_books(const uint64_t* hist, Books* books);
 
 // Stage 3: each chunk's layout (num_chunks × kLayoutBytes).
-Status measure(const Exec& exec, const TensorRef& x, double abs_bound, const uint8_t* predictors,
+Status measure(const Exec& exec, const TensorRef& x, const double* bound, const uint8_t* predictors,
                const uint32_t* packed_books, int direct_log2, uint8_t* layouts);
 
 // Host: the header (chunk table included) from a host copy of stage 3's layouts (x's data
@@ -100,7 +110,7 @@ Status assemble(const uint8_t* layouts, const TensorRef& x, BoundMode mode, doub
 // Stage 4: writes every chunk into `stream`, whose first header_bytes bytes must already
 // hold assemble()'s header (the stage reads the chunk table there). The payload checksum,
 // if any, is the caller's to append.
-Status write(const Exec& exec, const TensorRef& x, double abs_bound, const uint8_t* predictors,
+Status write(const Exec& exec, const TensorRef& x, const double* bound, const uint8_t* predictors,
              const uint32_t* packed_books, int direct_log2, const uint8_t* layouts, uint8_t* stream,
              uint64_t header_bytes);
 

@@ -5,8 +5,11 @@ this module allocates every buffer with torch (so torch's caching allocator owns
 byte of device memory) on the tensor's device, runs each stage on torch's current stream,
 and copies to the host the small results the host steps need:
 
-* compression: the two range keys (``rel`` mode only), the sampled histograms (10 KiB) and
-  the chunk layouts (64 bytes a chunk), so two synchronizations (three in ``rel`` mode);
+* compression: the sampled histograms (10 KiB), from which the host builds the codebooks,
+  and the chunk layouts (64 bytes a chunk), from which it writes the header and sizes the
+  stream: two synchronizations, or one when the caller passes codebooks from an earlier
+  tensor (the training integration reuses each layer's from the previous step). The bound
+  of a ``rel`` request is computed on the device and never waited for;
 * decompression: the status word, one synchronization, which turns a corrupt stream into
   :class:`~actzip.FormatError`.
 
@@ -28,6 +31,7 @@ from . import _core
 _HIST_COUNTERS = int(_core.PIPELINE_HIST_COUNTERS)
 _LAYOUT_BYTES = int(_core.PIPELINE_LAYOUT_BYTES)
 _TABLES_BYTES = int(_core.PIPELINE_DECODE_TABLES_BYTES)
+_BOUND_BYTES = int(_core.PIPELINE_BOUND_BYTES)
 
 
 @dataclass(frozen=True)
@@ -61,52 +65,79 @@ def _host(t: torch.Tensor) -> np.ndarray:
     return t.cpu().numpy()
 
 
+@dataclass
+class Books:
+    """Codebooks for the pipeline: the host's description and its packed copy where the
+    stages run. A layer's books from one step can code the next step's tensor."""
+
+    books: object  # _core.PipelineBooks
+    packed: torch.Tensor  # uint32 codes, on the device the stages run on
+
+
+def _upload_books(books, dev: torch.device) -> Books:
+    return Books(books, torch.frombuffer(bytearray(books.packed), dtype=torch.uint8).to(dev))
+
+
 def compress(
-    t: torch.Tensor, dtype_code: int, bound: float, mode: str, checksum: bool, ex: Exec
-) -> Tuple[torch.Tensor, float, dict, object]:
+    t: torch.Tensor, dtype_code: int, bound: float, mode: str, checksum: bool, ex: Exec, books: Optional[Books] = None
+) -> Tuple[torch.Tensor, float, dict, object, Books]:
     """Compresses the contiguous tensor ``t`` where ``ex`` says.
 
+    With ``books`` (from an earlier call, on the same device), codes with them instead of
+    the tensor's own: the host then waits for the device once (for the chunk layouts)
+    instead of twice, and the stream differs from the CPU backend's in its codebooks only
+    (chunks those books would code worse than raw are stored raw).
+
     Returns the stream (a uint8 tensor on ``t``'s device), the absolute bound used, the
-    encoder statistics and the stream's decode plan.
+    encoder statistics, the stream's decode plan, and the tensor's own books.
     """
     dev = ex.torch_device
     shape = [int(d) for d in t.shape]
     chunks = int(_core.pipeline_num_chunks(t.numel()))
     ptr = t.data_ptr()
+    hist_bytes = _HIST_COUNTERS * 8
     with ex.scope():
         run = ex.args()
-        abs_bound = bound
+        # One workspace, so that one copy brings back all the host needs:
+        # [histograms | absolute bound, step | a layout per chunk].
+        ws = torch.empty(hist_bytes + _BOUND_BYTES + chunks * _LAYOUT_BYTES, dtype=torch.uint8, device=dev)
+        hist, bound_buf, layouts = ws[:hist_bytes], ws[hist_bytes : hist_bytes + _BOUND_BYTES], ws[hist_bytes + _BOUND_BYTES :]
+        keys = 0
         if mode == "rel":
-            keys = torch.empty(2, dtype=torch.int32, device=dev)
-            _core.pipeline_finite_range(*run, ptr, dtype_code, shape, keys.data_ptr())
-            lo, hi = (int(k) for k in _host(keys))
-            abs_bound = float(_core.pipeline_rel_abs_bound(lo, hi, bound))
+            key_buf = torch.empty(2, dtype=torch.int32, device=dev)
+            _core.pipeline_finite_range(*run, ptr, dtype_code, shape, key_buf.data_ptr())
+            keys = key_buf.data_ptr()
+        _core.pipeline_resolve_bound(*run, mode, bound, keys, bound_buf.data_ptr())
         predictors = torch.empty(max(chunks, 1), dtype=torch.uint8, device=dev)
-        hist = torch.empty(_HIST_COUNTERS, dtype=torch.int64, device=dev)
-        _core.pipeline_sample(*run, ptr, dtype_code, shape, abs_bound, predictors.data_ptr(), hist.data_ptr())
-        books = _core.pipeline_build_books(_host(hist))
-        packed = torch.frombuffer(bytearray(books.packed), dtype=torch.uint8).to(dev)
-        layouts = torch.empty(max(chunks, 1) * _LAYOUT_BYTES, dtype=torch.uint8, device=dev)
+        _core.pipeline_sample(*run, ptr, dtype_code, shape, bound_buf.data_ptr(), predictors.data_ptr(), hist.data_ptr())
+        own = None
+        if books is None:
+            own = _upload_books(_core.pipeline_build_books(_host(hist)), dev)
+            books = own
         _core.pipeline_measure(
-            *run, ptr, dtype_code, shape, abs_bound, predictors.data_ptr(), packed.data_ptr(),
-            books.direct_log2, layouts.data_ptr()
+            *run, ptr, dtype_code, shape, bound_buf.data_ptr(), predictors.data_ptr(), books.packed.data_ptr(),
+            books.books.direct_log2, layouts.data_ptr()
         )
+        back = _host(ws)  # the one wait when books were given
+        abs_bound = float(back[hist_bytes : hist_bytes + 8].view(np.float64)[0])
+        if own is None:
+            own = _upload_books(_core.pipeline_build_books(back[:hist_bytes]), dev)
         header, stream_bytes, stats = _core.pipeline_assemble(
-            _host(layouts), dtype_code, shape, mode, bound, abs_bound, checksum, books
+            back[hist_bytes + _BOUND_BYTES :], dtype_code, shape, mode, bound, abs_bound, checksum, books.books
         )
         header_np = np.frombuffer(header, dtype=np.uint8)
         out = torch.empty(int(stream_bytes), dtype=torch.uint8, device=dev)
         out[: len(header)].copy_(torch.from_numpy(header_np.copy()))
         _core.pipeline_write(
-            *run, ptr, dtype_code, shape, abs_bound, predictors.data_ptr(), packed.data_ptr(),
-            books.direct_log2, layouts.data_ptr(), out.data_ptr(), len(header)
+            *run, ptr, dtype_code, shape, bound_buf.data_ptr(), predictors.data_ptr(), books.packed.data_ptr(),
+            books.books.direct_log2, layouts.data_ptr(), out.data_ptr(), len(header)
         )
         if checksum:
             payload = _host(out[len(header) : int(stream_bytes) - 4])
             crc = int(_core.crc32(payload))
             out[-4:].copy_(torch.tensor(list(crc.to_bytes(4, "little")), dtype=torch.uint8))
     plan = _core.pipeline_plan_decode(header_np, int(stream_bytes))
-    return out, abs_bound, stats, plan
+    return out, abs_bound, stats, plan, own
 
 
 def plan_for(stream_head: np.ndarray, stream_bytes: int):

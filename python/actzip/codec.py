@@ -6,6 +6,7 @@ and numpy arrays to byte views, lets torch allocate every buffer, and checks arg
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Optional, Union
@@ -53,7 +54,9 @@ def get_num_threads() -> int:
     return _num_threads
 
 
+@functools.lru_cache(maxsize=None)
 def _cuda_usable() -> bool:
+    """Whether the CUDA backend is built and a GPU is there (asked once per process)."""
     return bool(_core.pipeline_cuda_compiled()) and torch.cuda.is_available() and _core.pipeline_cuda_device_count() > 0
 
 
@@ -286,9 +289,15 @@ def compress(x, error_bound: float, *, mode: str = "abs", checksum: bool = False
 def _compress_pipeline(x: torch.Tensor, bound: float, mode: str, checksum: bool, ex) -> CompressedTensor:
     """Compresses a tensor with the chunk pipeline where ``ex`` says (the CUDA backend, or
     its host emulation in tests); the stream stays on the tensor's device."""
+    return _compress_pipeline_books(x, bound, mode, checksum, ex, None)[0]
+
+
+def _compress_pipeline_books(x: torch.Tensor, bound: float, mode: str, checksum: bool, ex, books):
+    """_compress_pipeline() coding with ``books`` from an earlier tensor when given (one
+    wait for the device instead of two); also returns the tensor's own books, for the next."""
     t = x.detach().contiguous()
     code = _DTYPE_CODES[t.dtype]
-    data, abs_bound, stats, plan = _pipeline.compress(t, code, bound, mode, checksum, ex)
+    data, abs_bound, stats, plan, own = _pipeline.compress(t, code, bound, mode, checksum, ex, books)
     info = {
         "dtype": code,
         "shape": tuple(t.shape),
@@ -297,7 +306,7 @@ def _compress_pipeline(x: torch.Tensor, bound: float, mode: str, checksum: bool,
         "requested_bound": bound,
         "error_bound": abs_bound,
     }
-    return CompressedTensor(data, info, x.device, False, stats, plan)
+    return CompressedTensor(data, info, x.device, False, stats, plan), own
 
 
 def _decode_pipeline(c: CompressedTensor, out: torch.Tensor) -> None:

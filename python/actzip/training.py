@@ -57,6 +57,7 @@ import torch
 from torch import nn
 
 from . import telemetry
+from . import _pipeline, codec
 from .codec import CompressedTensor, compress, decompress
 from .schedule import LayerStats, Schedule, StepStats, as_schedule, gradient_spread_by_layer, layer_matches
 
@@ -329,6 +330,10 @@ class ActivationCompressor:
         self._unresolved_losses: List[int] = []
         self._accounting = _Accounting()
         self._cache: "weakref.WeakValueDictionary[tuple, _Saved]" = weakref.WeakValueDictionary()
+        # Each layer's codebooks from its last tensor on a GPU, keyed by (layer, device): the
+        # next tensor of the layer is coded with them, which saves the CUDA backend one wait
+        # for the device per tensor (codebooks are lossless; stale ones only cost size).
+        self._books: Dict[Tuple[str, torch.device], Any] = {}
         self._hooks_context: Optional[torch.autograd.graph.saved_tensors_hooks] = None
         self._module_handles: List[Any] = []
         self._grad_handles: List[Any] = []
@@ -580,7 +585,7 @@ class ActivationCompressor:
             elif want == _COMPRESSED and bound < entry.requested:
                 try:
                     view, layout = _codec_view(t)
-                    compressed = self._timed_compress(view, bound)
+                    compressed = self._timed_compress(view, bound, entry.layer)
                 except Exception as error:
                     self._note_failure(error, t, entry.layer)
                     self._replace_payload(entry, _KEPT, t, entry.raw_bytes)
@@ -608,17 +613,31 @@ class ActivationCompressor:
         if kind == _COMPRESSED:
             self._note_codec(layer_step, entry, payload, entry.requested)
 
-    def _timed_compress(self, view: torch.Tensor, bound: float) -> CompressedTensor:
+    def _timed_compress(self, view: torch.Tensor, bound: float, layer: str) -> CompressedTensor:
         start = time.perf_counter()
         try:
-            return compress(view, bound, mode=self.mode)
+            ex = self._pipeline_exec(view)
+            if ex is None:
+                return compress(view, bound, mode=self.mode)
+            key = (layer, view.device)
+            compressed, books = codec._compress_pipeline_books(view, bound, self.mode, False, ex, self._books.get(key))
+            self._books[key] = books
+            return compressed
         finally:
             self._compress_seconds += time.perf_counter() - start
+
+    @staticmethod
+    def _pipeline_exec(view: torch.Tensor) -> Optional[_pipeline.Exec]:
+        """Where the chunk pipeline compresses ``view`` (its GPU, with the CUDA backend), or
+        None for the plain compress()."""
+        if view.device.type == "cuda" and codec._cuda_usable():
+            return _pipeline.Exec.for_device(view.device)
+        return None
 
     def _compress_new(self, t: torch.Tensor, layer: str, bound: float, nbytes: int) -> _Saved:
         try:
             view, layout = _codec_view(t)
-            compressed = self._timed_compress(view, bound)
+            compressed = self._timed_compress(view, bound, layer)
         except Exception as error:
             self._note_failure(error, t, layer)
             saved = _Saved(_KEPT, t, t._version)

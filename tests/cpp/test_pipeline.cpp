@@ -23,25 +23,31 @@ struct PipelineResult {
 };
 
 // Compression through every stage and host step, as the Python layer drives it.
-PipelineResult pipeline_compress(const Tensor& t, double bound, actzip::BoundMode mode, bool checksum, int threads) {
+// With `reuse`, codes with those codebooks instead of the tensor's own (as the training
+// path does with a layer's books of the previous step); `books_out` gets the tensor's own.
+PipelineResult pipeline_compress(const Tensor& t, double bound, actzip::BoundMode mode, bool checksum, int threads,
+                                 const pl::Books* reuse = nullptr, pl::Books* books_out = nullptr) {
   PipelineResult r;
   pl::Exec exec;
   exec.num_threads = threads;
   pl::TensorRef x{t.bytes.data(), t.dtype, t.shape};
-  double abs_bound = bound;
-  if (mode == actzip::BoundMode::kRel) {
-    int32_t keys[2];
-    if (!(r.status = pl::finite_range(exec, x, keys)).ok()) return r;
-    abs_bound = pl::rel_abs_bound(keys[0], keys[1], bound);
-  }
+  int32_t keys[2];
+  if (mode == actzip::BoundMode::kRel && !(r.status = pl::finite_range(exec, x, keys)).ok()) return r;
+  double resolved[2];
+  if (!(r.status = pl::resolve_bound(exec, mode, bound, mode == actzip::BoundMode::kRel ? keys : nullptr, resolved))
+           .ok())
+    return r;
+  const double abs_bound = resolved[0];
   const uint32_t chunks = pl::num_chunks(t.numel());
   std::vector<uint8_t> predictors(chunks);
   std::vector<uint64_t> hist(pl::kHistCounters, 7);  // the stage must zero it
-  if (!(r.status = pl::sample(exec, x, abs_bound, predictors.data(), hist.data())).ok()) return r;
-  pl::Books books;
-  if (!(r.status = pl::build_books(hist.data(), &books)).ok()) return r;
+  if (!(r.status = pl::sample(exec, x, resolved, predictors.data(), hist.data())).ok()) return r;
+  pl::Books own;
+  if (!(r.status = pl::build_books(hist.data(), &own)).ok()) return r;
+  if (books_out) *books_out = own;
+  const pl::Books& books = reuse ? *reuse : own;
   std::vector<uint8_t> layouts(uint64_t(chunks) * pl::kLayoutBytes);
-  if (!(r.status = pl::measure(exec, x, abs_bound, predictors.data(), books.packed.data(), books.direct_log2,
+  if (!(r.status = pl::measure(exec, x, resolved, predictors.data(), books.packed.data(), books.direct_log2,
                                layouts.data()))
            .ok())
     return r;
@@ -51,7 +57,7 @@ PipelineResult pipeline_compress(const Tensor& t, double bound, actzip::BoundMod
   std::vector<uint64_t> words((a.stream_bytes + 7) / 8, 0xA5A5A5A5A5A5A5A5ull);
   uint8_t* s = reinterpret_cast<uint8_t*>(words.data());
   std::memcpy(s, a.header.data(), a.header.size());
-  if (!(r.status = pl::write(exec, x, abs_bound, predictors.data(), books.packed.data(), books.direct_log2,
+  if (!(r.status = pl::write(exec, x, resolved, predictors.data(), books.packed.data(), books.direct_log2,
                              layouts.data(), s, a.header.size()))
            .ok())
     return r;
@@ -157,6 +163,44 @@ ACTZIP_TEST(pipeline_decodes_to_the_cpu_backends_bits) {
   }
 }
 
+// Codebooks are lossless: with another tensor's, each element decodes to what the CPU
+// backend's stream gives, except in chunks that those books would code worse than raw,
+// which are stored raw and so come back exactly.
+ACTZIP_TEST(codebooks_of_another_tensor_give_a_valid_stream_with_the_same_values) {
+  const std::vector<Tensor> ts = corpus();
+  uint64_t raw_elements = 0;
+  for (size_t i = 0; i < ts.size(); ++i) {
+    const Tensor& donor = ts[(i + 7) % ts.size()];
+    const Tensor& t = ts[i];
+    pl::Books books;
+    ACTZIP_REQUIRE(pipeline_compress(donor, 1e-2, actzip::BoundMode::kRel, false, 1, nullptr, &books).status.ok(),
+                   "donor %s", donor.name.c_str());
+    const PipelineResult p = pipeline_compress(t, 1e-3, actzip::BoundMode::kRel, false, 2, &books);
+    ACTZIP_REQUIRE(p.status.ok(), "%s: %s", t.name.c_str(), p.status.message.c_str());
+    const Compressed cpu = compress(t, 1e-3, actzip::BoundMode::kRel);
+    std::vector<uint8_t> want, got, got_pipeline;
+    ACTZIP_REQUIRE(decode(cpu.stream, &want).ok(), "%s", t.name.c_str());
+    const actzip::Status s = decode(p.stream, &got);
+    ACTZIP_REQUIRE(s.ok(), "%s with %s's books: %s", t.name.c_str(), donor.name.c_str(), s.message.c_str());
+    std::string why;
+    ACTZIP_CHECK(pipeline_decode(p.stream, &got_pipeline, &why) && got_pipeline == got, "%s: pipeline decode: %s",
+                 t.name.c_str(), why.c_str());
+    const size_t es = t.elem_size();
+    for (uint64_t e = 0; e < t.numel(); ++e) {
+      const bool same = std::memcmp(&got[e * es], &want[e * es], es) == 0;
+      const bool exact = std::memcmp(&got[e * es], &t.bytes[e * es], es) == 0;
+      raw_elements += !same && exact;
+      if (!same && !exact) {
+        ACTZIP_CHECK(false, "%s with %s's books: element %llu is neither the CPU's value nor exact", t.name.c_str(),
+                     donor.name.c_str(), (unsigned long long)e);
+        break;
+      }
+    }
+  }
+  // Some donor's books must have sent a chunk raw, or the exception above went untested.
+  ACTZIP_CHECK(raw_elements > 0, "no element came back exact through a raw chunk");
+}
+
 // Random damage to real streams: both decoders accept the same streams, and decode the
 // accepted ones to the same bits. The damaged streams carry no payload checksum (with one,
 // nearly every change would be refused before the chunks are read).
@@ -203,24 +247,31 @@ ACTZIP_TEST(pipeline_stages_refuse_bad_arguments) {
   pl::TensorRef ok_ref{x, actzip::DType::kFloat32, {4}};
   uint8_t pred[1];
   uint64_t hist[pl::kHistCounters];
-  ACTZIP_CHECK(!pl::sample(exec, ok_ref, 0.0, pred, hist).ok(), "zero bound accepted");
-  ACTZIP_CHECK(!pl::sample(exec, ok_ref, std::nan(""), pred, hist).ok(), "NaN bound accepted");
+  double resolved[2];
+  ACTZIP_CHECK(!pl::resolve_bound(exec, actzip::BoundMode::kAbs, 0.0, nullptr, resolved).ok(), "zero bound accepted");
+  ACTZIP_CHECK(!pl::resolve_bound(exec, actzip::BoundMode::kAbs, std::nan(""), nullptr, resolved).ok(),
+               "NaN bound accepted");
+  ACTZIP_CHECK(!pl::resolve_bound(exec, actzip::BoundMode::kRel, 0.1, nullptr, resolved).ok(), "rel without keys");
+  const double zero_bound[2] = {0.0, 0.0}, odd_step[2] = {0.1, 0.123};
+  ACTZIP_CHECK(!pl::sample(exec, ok_ref, zero_bound, pred, hist).ok(), "zero bound buffer accepted");
+  ACTZIP_CHECK(!pl::sample(exec, ok_ref, odd_step, pred, hist).ok(), "a step that is not the bound's accepted");
+  ACTZIP_REQUIRE(pl::resolve_bound(exec, actzip::BoundMode::kAbs, 1.0, nullptr, resolved).ok(), "abs 1.0 refused");
   pl::TensorRef null_ref{nullptr, actzip::DType::kFloat32, {4}};
-  ACTZIP_CHECK(!pl::sample(exec, null_ref, 1.0, pred, hist).ok(), "null data accepted");
+  ACTZIP_CHECK(!pl::sample(exec, null_ref, resolved, pred, hist).ok(), "null data accepted");
   pl::TensorRef bad_dtype{x, actzip::DType(9), {4}};
-  ACTZIP_CHECK(!pl::sample(exec, bad_dtype, 1.0, pred, hist).ok(), "unknown dtype accepted");
+  ACTZIP_CHECK(!pl::sample(exec, bad_dtype, resolved, pred, hist).ok(), "unknown dtype accepted");
   exec.num_threads = 0;
-  ACTZIP_CHECK(!pl::sample(exec, ok_ref, 1.0, pred, hist).ok(), "zero threads accepted");
+  ACTZIP_CHECK(!pl::sample(exec, ok_ref, resolved, pred, hist).ok(), "zero threads accepted");
   pl::Exec dev;
   dev.device = 0;
   if (!pl::cuda_compiled()) {
-    const actzip::Status s = pl::sample(dev, ok_ref, 1.0, pred, hist);
+    const actzip::Status s = pl::sample(dev, ok_ref, resolved, pred, hist);
     ACTZIP_CHECK(s.code == actzip::StatusCode::kInvalidArgument, "a device stage without CUDA: %s", s.message.c_str());
     ACTZIP_CHECK(pl::cuda_device_count() == 0, "devices without CUDA");
   } else if (pl::cuda_device_count() == 0) {
     // Built with CUDA, run without a GPU or a driver: an error status, never a crash.
     dev.device = 3;
-    const actzip::Status s = pl::sample(dev, ok_ref, 1.0, pred, hist);
+    const actzip::Status s = pl::sample(dev, ok_ref, resolved, pred, hist);
     ACTZIP_CHECK(s.code == actzip::StatusCode::kDeviceError, "a device stage without a GPU: %d %s", int(s.code),
                  s.message.c_str());
   }

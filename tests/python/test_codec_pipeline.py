@@ -98,6 +98,22 @@ def test_host_pipeline_refuses_damaged_streams_like_the_cpu_backend():
     assert outcomes == {True, False}, "the damage must give both refused and accepted streams"
 
 
+def test_codebooks_of_another_tensor_code_a_valid_stream_with_the_same_values():
+    donor = smooth_image((2, 4, 32, 32), seed=9)
+    _, books = codec._compress_pipeline_books(donor, 1e-2, "rel", False, _pipeline.Exec(None, 1), None)
+    for name, x in inputs().items():
+        c, own = codec._compress_pipeline_books(x, 1e-3, "rel", False, _pipeline.Exec(None, 2), books)
+        fresh = actzip.compress(x, 1e-3, mode="rel")
+        assert own is not None
+        y = actzip.decompress(c)
+        assert np.array_equal(bits_of(y), bits_of(actzip.decompress(actzip.CompressedTensor.from_bytes(c.to_bytes()))))
+        # Each element is the fresh stream's value, or exact where a chunk went raw.
+        want, exact = bits_of(actzip.decompress(fresh)), bits_of(x)
+        got = bits_of(y)
+        assert np.all((got == want) | (got == exact)), name
+        check_bound(x, y, c.error_bound)
+
+
 def test_host_pipeline_decodes_into_out_and_to_a_device():
     x = smooth_image((2, 8, 32, 32), seed=4)
     c = host_pipeline(x, 1e-3, "rel")

@@ -623,3 +623,30 @@ def test_sparse_tensors_are_kept_as_they_are():
     torch.testing.assert_close(sparse.grad.to_dense(), expected, rtol=0, atol=1e-4)
     assert az.history[0]["tensors_compressed"] == 1
     assert az.history[0]["failures"] == 0
+
+
+def test_the_gpu_path_reuses_each_layers_codebooks_and_keeps_gradients(monkeypatch):
+    """The training path of the CUDA backend, run by the pipeline's host emulation: from
+    the second step on, each layer's tensors are coded with the books of its previous one."""
+    from actzip import _pipeline, codec
+
+    calls = []
+    real = codec._compress_pipeline_books
+
+    def spy(x, bound, mode, checksum, ex, books):
+        calls.append(books is not None)
+        return real(x, bound, mode, checksum, ex, books)
+
+    monkeypatch.setattr(training.ActivationCompressor, "_pipeline_exec", staticmethod(lambda view: _pipeline.Exec(None, 2)))
+    monkeypatch.setattr(codec, "_compress_pipeline_books", spy)
+    model, (x, y) = _cnn(), _batch()
+    expected, _ = _gradients(copy.deepcopy(model), x, y)
+    az = compressed_activations(model, schedule=1e-6, mode="rel", min_bytes=SMALL)
+    for step in range(2):
+        got, _ = _gradients(model, x, y, az)
+        _assert_close(got, expected, rtol=1e-3, atol=1e-5)
+        az.step()
+        assert az.history[step]["tensors_compressed"] >= 4 and az.history[step]["failures"] == 0
+    first = az.history[0]["tensors_compressed"]
+    assert len(calls) >= 2 * first
+    assert not any(calls[:first]) and all(calls[first:]), "step 1 must reuse every layer's books"
