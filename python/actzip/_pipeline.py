@@ -145,11 +145,13 @@ def plan_for(stream_head: np.ndarray, stream_bytes: int):
     return _core.pipeline_plan_decode(stream_head, int(stream_bytes))
 
 
-def decompress(data: torch.Tensor, plan, out: torch.Tensor, ex: Exec) -> None:
+def decompress(data: torch.Tensor, plan, out: torch.Tensor, ex: Exec, check: bool = True) -> Optional[torch.Tensor]:
     """Decodes the stream ``data`` (on ``ex``'s device) into the contiguous tensor ``out``.
 
-    Raises FormatError, after waiting for the device, if the stream is corrupt. A stream
-    with a payload checksum is checked on the host first (a copy of the whole stream).
+    With ``check``, waits for the device and raises FormatError if the stream is corrupt.
+    Without, waits for nothing and returns the status word (an int64 tensor where the
+    stages ran: 0, or what :func:`status_error` explains), for the caller to check later.
+    A stream with a payload checksum is checked on the host first (a copy of the stream).
     """
     info = plan.info
     if info["payload_checksum"]:
@@ -160,6 +162,15 @@ def decompress(data: torch.Tensor, plan, out: torch.Tensor, ex: Exec) -> None:
         tables = torch.empty(_TABLES_BYTES, dtype=torch.uint8, device=dev)
         status = torch.empty(1, dtype=torch.int64, device=dev)
         _core.pipeline_decode(*run, data.data_ptr(), plan, tables.data_ptr(), out.data_ptr(), status.data_ptr())
-        code = int(_host(status).view(np.uint64)[0])
-    if code != 0:
-        raise _core.FormatError(_core.pipeline_status_message(code))
+    if not check:
+        return status
+    raise_for_status(status)
+    return None
+
+
+def raise_for_status(status: torch.Tensor) -> None:
+    """Raises FormatError for the first failed decode among status words (waits for them)."""
+    codes = _host(status.reshape(-1)).view(np.uint64)
+    bad = codes[codes != 0]
+    if bad.size:
+        raise _core.FormatError(_core.pipeline_status_message(int(bad[0])))

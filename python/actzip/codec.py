@@ -314,6 +314,18 @@ def _decode_pipeline(c: CompressedTensor, out: torch.Tensor) -> None:
     _pipeline.decompress(c.data, c._plan, out, ex)
 
 
+def _decompress_unchecked(c: CompressedTensor):
+    """For a stream the chunk pipeline decodes, where it lives: the tensor and its status
+    word, without waiting for the device (check it later with _pipeline.raise_for_status).
+    None for other streams."""
+    if c._plan is None:
+        return None
+    result = torch.empty(c.shape, dtype=c.dtype, device=c.stream_device)
+    ex = _pipeline.Exec.for_device(c.stream_device, _num_threads)
+    status = _pipeline.decompress(c.data, c._plan, result, ex, check=False)
+    return result, status
+
+
 def decompress(
     c: CompressedTensor,
     *,

@@ -334,6 +334,9 @@ class ActivationCompressor:
         # next tensor of the layer is coded with them, which saves the CUDA backend one wait
         # for the device per tensor (codebooks are lossless; stale ones only cost size).
         self._books: Dict[Tuple[str, torch.device], Any] = {}
+        # Status words of GPU decodes not yet read: backward does not wait for the device
+        # to learn whether a stream was intact; step() and leaving the context do.
+        self._unchecked: List[torch.Tensor] = []
         self._hooks_context: Optional[torch.autograd.graph.saved_tensors_hooks] = None
         self._module_handles: List[Any] = []
         self._grad_handles: List[Any] = []
@@ -382,7 +385,19 @@ class ActivationCompressor:
         finally:
             self._remove_module_hooks()
             self._remove_grad_hooks()
+        if exc_type is None:
+            self._check_decodes()
         return False
+
+    def _check_decodes(self) -> None:
+        """Reads the status words of this step's GPU decodes (one wait for the device) and
+        raises FormatError if a stream was damaged (which only failing memory can do)."""
+        pending, self._unchecked = self._unchecked, []
+        by_device: Dict[torch.device, List[torch.Tensor]] = {}
+        for status in pending:
+            by_device.setdefault(status.device, []).append(status)
+        for statuses in by_device.values():
+            _pipeline.raise_for_status(torch.cat(statuses))
 
     def _install_module_hooks(self) -> None:
         self._stack.clear()
@@ -771,7 +786,12 @@ class ActivationCompressor:
         if result is None:
             if kind == _COMPRESSED:
                 start = time.perf_counter()
-                result = decompress(saved.payload)
+                unchecked = codec._decompress_unchecked(saved.payload)
+                if unchecked is None:
+                    result = decompress(saved.payload)
+                else:
+                    result, status = unchecked
+                    self._unchecked.append(status)
                 self._decompress_seconds += time.perf_counter() - start
             else:
                 result = _unpack_bits(saved.payload, saved.shape)
@@ -813,6 +833,7 @@ class ActivationCompressor:
         ``loss`` (a number or a one-element tensor) feeds :class:`~actzip.schedule.Adaptive`
         and the history; a tensor on a GPU is read only when needed.
         """
+        self._check_decodes()
         loss_value = self._loss_value(loss)
         accounting = self._accounting
         counts = self._step_counts

@@ -650,3 +650,23 @@ def test_the_gpu_path_reuses_each_layers_codebooks_and_keeps_gradients(monkeypat
     first = az.history[0]["tensors_compressed"]
     assert len(calls) >= 2 * first
     assert not any(calls[:first]) and all(calls[first:]), "step 1 must reuse every layer's books"
+
+
+def test_a_damaged_stream_decoded_without_waiting_is_reported_by_step():
+    """GPU decodes in backward do not wait for their status; step() reads them all."""
+    from actzip import _pipeline, codec
+
+    x = torch.relu(torch.randn(70000))
+    c = codec._compress_pipeline(x, 1e-2, "rel", False, _pipeline.Exec(None, 1))
+    damaged = c.data.clone()
+    header = c._plan.info["header_bytes"]
+    damaged[header : header + 16] = 0xFF  # the first chunk's header
+    bad = codec.CompressedTensor(damaged, c._info, c.device, False, None, c._plan)
+    _, good_status = codec._decompress_unchecked(c)
+    _, bad_status = codec._decompress_unchecked(bad)
+    az = compressed_activations(schedule=1e-2)
+    az._unchecked += [good_status, bad_status]
+    with pytest.raises(actzip.FormatError, match="chunk 0"):
+        az.step()
+    az._unchecked.append(good_status)
+    az.step()  # nothing left to report
