@@ -90,7 +90,7 @@ class FastBitWriter {
 // them, so a hostile stream can never make it read outside the section; overran() tells.
 class BitReader {
  public:
-  BitReader(const uint8_t* begin, const uint8_t* end) : p_(begin), end_(end) {}
+  BitReader(const uint8_t* begin, const uint8_t* end) : begin_(begin), p_(begin), end_(end) {}
 
   // Ensures at least 56 bits are buffered.
   void refill() {
@@ -124,8 +124,12 @@ class BitReader {
   }
   // True when the bits consumed so far run past the end of the section.
   bool overran() const { return uint64_t(virtual_bytes_) * 8 > uint64_t(fill_); }
+  // Bits consumed since construction (the supplied zero bits past the end included), so
+  // that hot loops need not count them.
+  uint64_t consumed_bits() const { return (uint64_t(p_ - begin_) + virtual_bytes_) * 8 - uint64_t(fill_); }
 
  private:
+  const uint8_t* begin_;
   const uint8_t* p_;
   const uint8_t* end_;
   uint64_t buf_ = 0;

@@ -1,0 +1,566 @@
+// The whole-chunk passes of passes.h. Arithmetic that could overflow on hostile input is
+// done in uint32_t (wrapping, defined), and range checks are made on the wrapped values.
+#include "cpu/passes.h"
+
+#include "codec/format.h"
+
+#include <algorithm>
+#include <cstring>
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define ACTZIP_AVX2_PASSES 1
+#define ACTZIP_TARGET_AVX2 __attribute__((target("avx2,popcnt")))
+#endif
+
+namespace actzip {
+namespace detail {
+
+namespace {
+
+// Bit gathering and scattering over the set bits of a mask, four bits at a time (BMI2's
+// pext/pdep are slow on some x86-64 parts, and absent elsewhere).
+struct NibbleTables {
+  uint8_t count[16];        // set bits of a nibble
+  uint8_t gather[16][16];   // gather[m][v]: the bits of v at m's set bits, packed low
+  uint8_t scatter[16][16];  // scatter[m][v]: the low bits of v placed at m's set bits
+  NibbleTables() {
+    for (uint32_t m = 0; m < 16; ++m) {
+      count[m] = uint8_t(__builtin_popcount(m));
+      for (uint32_t v = 0; v < 16; ++v) {
+        uint32_t g = 0, sc = 0, k = 0;
+        for (uint32_t b = 0; b < 4; ++b) {
+          if (!((m >> b) & 1u)) continue;
+          g |= ((v >> b) & 1u) << k;
+          sc |= ((v >> k) & 1u) << b;
+          ++k;
+        }
+        gather[m][v] = uint8_t(g);
+        scatter[m][v] = uint8_t(sc);
+      }
+    }
+  }
+};
+const NibbleTables kNibbles;
+
+// The bits of `value` at the set bits of `mask`, packed low; *count gets their number.
+inline uint32_t gather_bits(uint32_t value, uint32_t mask, uint32_t* count) {
+  uint32_t out = 0, n = 0;
+  for (uint32_t s = 0; s < 32; s += 4) {
+    const uint32_t m = (mask >> s) & 15u;
+    out |= uint32_t(kNibbles.gather[m][(value >> s) & 15u]) << n;
+    n += kNibbles.count[m];
+  }
+  *count = n;
+  return out;
+}
+// The low bits of `value` placed at the set bits of `mask`, in order.
+inline uint32_t scatter_bits(uint32_t value, uint32_t mask) {
+  uint32_t out = 0;
+  for (uint32_t s = 0; s < 32; s += 4) {
+    const uint32_t m = (mask >> s) & 15u;
+    out |= uint32_t(kNibbles.scatter[m][value & 15u]) << s;
+    value >>= kNibbles.count[m];
+  }
+  return out;
+}
+
+#if ACTZIP_AVX2_PASSES
+bool cpu_has_avx2() {
+  static const bool yes = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
+  }();
+  return yes;
+}
+const bool kHaveAvx2 = cpu_has_avx2();
+
+// Lane permutations of eight 32-bit values: compress[m] moves the lanes of m's set bits to
+// the front, in order; expand[m] does the inverse.
+struct PermuteTables {
+  alignas(32) uint32_t compress[256][8];
+  alignas(32) uint32_t expand[256][8];
+  PermuteTables() {
+    for (uint32_t m = 0; m < 256; ++m) {
+      uint32_t k = 0;
+      for (uint32_t b = 0; b < 8; ++b) {
+        compress[m][b] = 0;
+        expand[m][b] = 0;
+      }
+      for (uint32_t b = 0; b < 8; ++b)
+        if ((m >> b) & 1u) {
+          compress[m][k] = b;
+          expand[m][b] = k;
+          ++k;
+        }
+    }
+  }
+};
+const PermuteTables kPermute;
+
+// Eight lanes of ~0 where bit b of `byte` is set.
+ACTZIP_TARGET_AVX2 inline __m256i lanes_of_byte(uint32_t byte) {
+  const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  return _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(int(byte)), bit), bit);
+}
+ACTZIP_TARGET_AVX2 inline uint32_t movemask32(__m256i v) { return uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(v))); }
+#endif
+
+// zigzag() and unzigzag() without branches or signed overflow.
+inline uint32_t zigzag_bits(int32_t d) { return (uint32_t(d) << 1) ^ uint32_t(d >> 31); }
+inline uint32_t unzigzag_bits(uint32_t u) { return (u >> 1) ^ (0u - (u & 1u)); }
+// True (1) when q, as wrapped 32-bit arithmetic left it, is outside [-kMaxQ, kMaxQ].
+inline uint32_t out_of_range(uint32_t q) { return uint32_t(q + uint32_t(kMaxQ) > 2u * uint32_t(kMaxQ)); }
+inline uint32_t is_coded_code(int32_t c) { return uint32_t(c != 0) & uint32_t(c != kOutlierCode); }
+
+template <int kDT, class T>
+inline void classify_codes_loop(const T* __restrict x, uint32_t n, const Quantizer& quantizer, int32_t* __restrict codes,
+                                int32_t* __restrict q_out) {
+  const Quantizer qz = quantizer;  // a local copy: no aliasing with the outputs
+  if (q_out == nullptr) {
+    for (uint32_t i = 0; i < n; ++i) codes[i] = classify_code<kDT>(load_elem<kDT>(x, i), qz);
+    return;
+  }
+  for (uint32_t i = 0; i < n; ++i) {
+    const int32_t c = classify_code<kDT>(load_elem<kDT>(x, i), qz);
+    codes[i] = c;
+    q_out[i] = c == kOutlierCode ? 0 : code_to_q(c);
+  }
+}
+
+}  // namespace
+
+ACTZIP_MULTIVERSION void classify_codes_f32(const float* x, uint32_t n, const Quantizer& qz, int32_t* codes,
+                                            int32_t* q_out) {
+  classify_codes_loop<1>(x, n, qz, codes, q_out);
+}
+ACTZIP_MULTIVERSION void classify_codes_f16(const uint16_t* x, uint32_t n, const Quantizer& qz, int32_t* codes,
+                                            int32_t* q_out) {
+  classify_codes_loop<2>(x, n, qz, codes, q_out);
+}
+ACTZIP_MULTIVERSION void classify_codes_bf16(const uint16_t* x, uint32_t n, const Quantizer& qz, int32_t* codes,
+                                             int32_t* q_out) {
+  classify_codes_loop<3>(x, n, qz, codes, q_out);
+}
+
+ACTZIP_MULTIVERSION void count_classes(const int32_t* codes, uint32_t n, uint32_t* zeros, uint32_t* outliers) {
+  uint32_t z = 0, o = 0;
+  for (uint32_t i = 0; i < n; ++i) {
+    z += codes[i] == 0;
+    o += codes[i] == kOutlierCode;
+  }
+  *zeros = z;
+  *outliers = o;
+}
+
+ACTZIP_MULTIVERSION void codes_to_u(const int32_t* codes, uint32_t n, uint32_t* u) {
+  // May run in place (codes == u): each element is read before it is written.
+  for (uint32_t i = 0; i < n; ++i) {
+    const int32_t c = codes[i];
+    const uint32_t neg = uint32_t(c) >> 31;
+    const uint32_t mag = (uint32_t(c) ^ (0u - neg)) + neg;  // |c|, wrapping for kOutlierCode
+    u[i] = 2u * (mag - 1u) + neg;
+  }
+}
+
+ACTZIP_MULTIVERSION void lorenzo1d_residuals(const int32_t* __restrict q, uint32_t n, uint32_t* __restrict u) {
+  if (n == 0) return;
+  u[0] = zigzag_bits(q[0]);
+  for (uint32_t t = 1; t < n; ++t) u[t] = zigzag_bits(q[t] - q[t - 1]);  // |q| <= kMaxQ: no overflow
+}
+
+ACTZIP_MULTIVERSION void lorenzo2d_residuals(const int32_t* __restrict q, uint32_t n, uint32_t row, uint32_t col0,
+                                             uint32_t* __restrict u) {
+  // Every element as if it had all three neighbours: the zeros before q stand for the
+  // neighbours outside the chunk.
+  for (uint32_t i = 0; i < n; ++i) {
+    int32_t p = q[int64_t(i) - 1] + q[int64_t(i) - row] - q[int64_t(i) - row - 1];
+    p = std::min(std::max(p, -kMaxQ), kMaxQ);
+    u[i] = zigzag_bits(q[i] - p);
+  }
+  // The first element of a row has no left neighbour, hence no upper-left one either: its
+  // prediction is the upper neighbour (already in range).
+  for (uint32_t i = col0 == 0 ? 0 : row - col0; i < n; i += row) u[i] = zigzag_bits(q[i] - q[int64_t(i) - row]);
+}
+
+namespace {
+#if ACTZIP_AVX2_PASSES
+// Whole groups of eight elements; returns the elements kept and sets *done.
+ACTZIP_TARGET_AVX2 uint32_t compact_coded_avx2(const int32_t* codes, uint32_t n, uint32_t* values,
+                                               uint8_t* mask_bytes, uint32_t* done) {
+  uint32_t t = 0, i0 = 0;
+  const __m256i outlier = _mm256_set1_epi32(kOutlierCode), zero = _mm256_setzero_si256();
+  for (; i0 + 8 <= n; i0 += 8) {
+    const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + i0));
+    const __m256i uncoded = _mm256_or_si256(_mm256_cmpeq_epi32(c, zero), _mm256_cmpeq_epi32(c, outlier));
+    const uint32_t m = ~movemask32(uncoded) & 0xFFu;
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(values + i0));
+    const __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(kPermute.compress[m]));
+    // Lanes past the kept ones land at t + popcount(m) .. t + 7 <= i0 + 7: this group's own
+    // positions, already loaded, or earlier ones rewritten by the next groups.
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(values + t), _mm256_permutevar8x32_epi32(v, perm));
+    t += uint32_t(_mm_popcnt_u32(m));
+    mask_bytes[i0 / 8] = uint8_t(m);
+  }
+  *done = i0;
+  return t;
+}
+#endif
+}  // namespace
+
+uint32_t compact_coded(const int32_t* __restrict codes, uint32_t n, uint32_t* values, uint8_t* __restrict mask_bytes) {
+  uint32_t t = 0;
+  uint32_t i0 = 0;
+#if ACTZIP_AVX2_PASSES
+  if (kHaveAvx2) t = compact_coded_avx2(codes, n, values, mask_bytes, &i0);
+#endif
+  for (; i0 < n; i0 += 8) {
+    const uint32_t m = std::min<uint32_t>(8, n - i0);
+    uint32_t byte = 0;
+    for (uint32_t b = 0; b < m; ++b) {
+      const uint32_t coded = is_coded_code(codes[i0 + b]);
+      values[t] = values[i0 + b];  // t <= i0 + b: in place is safe
+      t += coded;
+      byte |= coded << b;
+    }
+    mask_bytes[i0 / 8] = uint8_t(byte);
+  }
+  return t;
+}
+
+uint32_t outlier_positions(const int32_t* __restrict codes, uint32_t n, uint16_t* __restrict pos) {
+  uint32_t o = 0;
+  for (uint32_t i = 0; i < n; ++i) {
+    pos[o] = uint16_t(i);
+    o += codes[i] == kOutlierCode;
+  }
+  return o;
+}
+
+namespace {
+
+// A bit stream being written 32 elements at a time: at most 7 bits wait in acc.
+struct SignSink {
+  uint64_t acc = 0;
+  uint32_t fill = 0;
+  uint8_t* p;
+  // Appends `count` <= 32 bits.
+  void append(uint32_t bits, uint32_t count) {
+    acc |= uint64_t(bits) << fill;
+    fill += count;
+    std::memcpy(p, &acc, 8);  // little-endian hosts (bitio.h checks)
+    p += fill >> 3;
+    acc >>= fill & ~7u;
+    fill &= 7;
+  }
+};
+
+#if ACTZIP_AVX2_PASSES
+ACTZIP_TARGET_AVX2 uint32_t write_sign_blocks_avx2(const int32_t* codes, uint32_t n, SignSink* sink) {
+  const __m256i one = _mm256_set1_epi32(1), minus_one = _mm256_set1_epi32(-1);
+  uint32_t i0 = 0;
+  for (; i0 + 32 <= n; i0 += 32) {
+    uint32_t take = 0, negative = 0;
+    for (uint32_t k = 0; k < 4; ++k) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + i0 + 8 * k));
+      take |= movemask32(_mm256_or_si256(_mm256_cmpeq_epi32(v, one), _mm256_cmpeq_epi32(v, minus_one))) << (8 * k);
+      negative |= movemask32(v) << (8 * k);
+    }
+    if (take) {
+      uint32_t count;
+      const uint32_t bits = gather_bits(negative, take, &count);
+      sink->append(bits, count);
+    }
+  }
+  return i0;
+}
+#endif
+
+}  // namespace
+
+uint64_t write_sign_stream(const int32_t* __restrict codes, uint32_t n, uint8_t* __restrict out) {
+  SignSink sink;
+  sink.p = out;
+  uint32_t i0 = 0;
+#if ACTZIP_AVX2_PASSES
+  if (kHaveAvx2) i0 = write_sign_blocks_avx2(codes, n, &sink);
+#endif
+  uint64_t& acc = sink.acc;
+  uint32_t& fill = sink.fill;
+  uint8_t*& p = sink.p;
+  for (; i0 < n; i0 += 32) {
+    const uint32_t m = std::min<uint32_t>(32, n - i0);
+    for (uint32_t j = 0; j < m; ++j) {
+      const int32_t c = codes[i0 + j];
+      const uint32_t take = uint32_t(c == 1) | uint32_t(c == -1);
+      acc |= uint64_t(take & (uint32_t(c) >> 31)) << fill;
+      fill += take;
+    }
+    std::memcpy(p, &acc, 8);  // little-endian hosts (bitio.h checks)
+    p += fill >> 3;
+    acc >>= fill & ~7u;
+    fill &= 7;
+  }
+  std::memcpy(p, &acc, 8);
+  return uint64_t(p - out) + (fill > 0 ? 1 : 0);
+}
+
+namespace {
+
+// Appends the code of any value (the general case of huffman_encode_lanes).
+inline void put_value(FastBitWriter& w, uint32_t v, const uint32_t* code_len, int k) {
+  const uint32_t direct = 1u << k;
+  const int b = floor_log2(v | 1u);
+  const bool is_class = v >= direct;
+  const uint32_t sym = is_class ? direct + uint32_t(b - k) : v;
+  const int eb = is_class ? b : 0;
+  const uint64_t extra = is_class ? uint64_t(v - (1u << b)) : 0;
+  const uint32_t cl = code_len[sym];  // code | length << 16
+  const int len = int(cl >> 16);
+  w.put(uint64_t(cl & 0xFFFFu) | (extra << len), len + eb);
+}
+
+}  // namespace
+
+void huffman_encode_lanes(const uint32_t* __restrict u, uint32_t n, const uint32_t* __restrict small,
+                          const uint32_t* __restrict code_len, int k, uint8_t* lanes, uint64_t lane_stride,
+                          uint64_t* lane_bytes) {
+  static_assert(kCodeLanes == 4, "the loop below writes four lanes");
+  FastBitWriter w0(lanes), w1(lanes + lane_stride), w2(lanes + 2 * lane_stride), w3(lanes + 3 * lane_stride);
+  // Values t and t + 4 go to the same lane: while both are small their codes (at most 23
+  // bits each) are joined and written with one put.
+  auto put_pair = [&](FastBitWriter& w, uint32_t v0, uint32_t v1) {
+    const uint32_t e0 = small[v0], e1 = small[v1];
+    const uint32_t n0 = e0 >> 24;
+    w.put(uint64_t(e0 & 0xFFFFFFu) | (uint64_t(e1 & 0xFFFFFFu) << n0), int(n0 + (e1 >> 24)));
+  };
+  uint32_t t = 0;
+  for (; t + 8 <= n; t += 8) {
+    const uint32_t* v = u + t;
+    if ((v[0] | v[1] | v[2] | v[3] | v[4] | v[5] | v[6] | v[7]) < kSmallValues) {
+      put_pair(w0, v[0], v[4]);
+      put_pair(w1, v[1], v[5]);
+      put_pair(w2, v[2], v[6]);
+      put_pair(w3, v[3], v[7]);
+    } else {
+      put_value(w0, v[0], code_len, k);
+      put_value(w1, v[1], code_len, k);
+      put_value(w2, v[2], code_len, k);
+      put_value(w3, v[3], code_len, k);
+      put_value(w0, v[4], code_len, k);
+      put_value(w1, v[5], code_len, k);
+      put_value(w2, v[6], code_len, k);
+      put_value(w3, v[7], code_len, k);
+    }
+  }
+  FastBitWriter* w[kCodeLanes] = {&w0, &w1, &w2, &w3};
+  for (; t < n; ++t) put_value(*w[t % kCodeLanes], u[t], code_len, k);
+  for (uint32_t l = 0; l < kCodeLanes; ++l) lane_bytes[l] = w[l]->flush();
+}
+
+namespace {
+#if ACTZIP_AVX2_PASSES
+// Whole groups of eight elements; returns the values used and sets *done.
+ACTZIP_TARGET_AVX2 uint32_t expand_coded_avx2(const uint32_t* values, const uint8_t* mask, uint32_t n, uint32_t* grid,
+                                              uint32_t* done) {
+  uint32_t t = 0, i0 = 0;
+  for (; i0 + 8 <= n; i0 += 8) {
+    const uint32_t byte = mask[i0 / 8];
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(values + t));
+    const __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(kPermute.expand[byte]));
+    const __m256i uncoded = _mm256_xor_si256(lanes_of_byte(byte), _mm256_set1_epi32(-1));  // kUncodedValue lanes
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(grid + i0),
+                        _mm256_or_si256(_mm256_permutevar8x32_epi32(v, perm), uncoded));
+    t += uint32_t(_mm_popcnt_u32(byte));
+  }
+  *done = i0;
+  return t;
+}
+#endif
+}  // namespace
+
+void expand_coded(const uint32_t* __restrict values, const uint8_t* __restrict mask, uint32_t n,
+                  uint32_t* __restrict grid) {
+  uint32_t t = 0, start = 0;
+#if ACTZIP_AVX2_PASSES
+  if (kHaveAvx2) t = expand_coded_avx2(values, mask, n, grid, &start);
+#endif
+  for (uint32_t i0 = start; i0 < n; i0 += 8) {
+    const uint32_t byte = mask[i0 / 8];
+    const uint32_t m = std::min<uint32_t>(8, n - i0);
+    if (byte == 0) {
+      for (uint32_t b = 0; b < m; ++b) grid[i0 + b] = kUncodedValue;
+      continue;
+    }
+    for (uint32_t b = 0; b < m; ++b) {
+      const uint32_t bit = (byte >> b) & 1u;
+      grid[i0 + b] = bit ? values[t] : kUncodedValue;  // values[t] exists: t <= i0 + b < n
+      t += bit;
+    }
+  }
+}
+
+ACTZIP_MULTIVERSION bool any_invalid_u(const uint32_t* u, uint32_t n) {
+  const uint32_t limit = 2u * uint32_t(kMaxCode - 1) + 1u;
+  uint32_t bad = 0;
+  for (uint32_t i = 0; i < n; ++i) bad |= uint32_t(u[i] > limit);
+  return bad != 0;
+}
+
+namespace {
+
+template <int kDT, class T>
+inline void reconstruct_loop(const uint32_t* __restrict w, uint32_t n, float step, float quarter_step,
+                             T* __restrict out) {
+  for (uint32_t i = 0; i < n; ++i) {
+    const uint32_t v = w[i];
+    const int32_t m = int32_t(v >> 1);  // |c| - 1, below 2^31
+    const float mag = m == 0 ? quarter_step : float(m) * step;
+    const float r = (v & 1u) ? -mag : mag;
+    uint32_t bits;
+    if constexpr (kDT == 1) bits = f32_bits(r);
+    else if constexpr (kDT == 2) bits = f32_to_f16(r);
+    else bits = f32_to_bf16(r);
+    out[i] = T(v == kUncodedValue ? 0u : bits);
+  }
+}
+
+}  // namespace
+
+ACTZIP_MULTIVERSION void reconstruct_f32(const uint32_t* w, uint32_t n, float step, float quarter_step, uint32_t* out) {
+  reconstruct_loop<1>(w, n, step, quarter_step, out);
+}
+ACTZIP_MULTIVERSION void reconstruct_f16(const uint32_t* w, uint32_t n, float step, float quarter_step, uint16_t* out) {
+  reconstruct_loop<2>(w, n, step, quarter_step, out);
+}
+ACTZIP_MULTIVERSION void reconstruct_bf16(const uint32_t* w, uint32_t n, float step, float quarter_step,
+                                          uint16_t* out) {
+  reconstruct_loop<3>(w, n, step, quarter_step, out);
+}
+
+namespace {
+
+template <bool kAllCoded>
+inline uint64_t q_to_w_loop(const int32_t* q, const uint32_t* coded_if, uint32_t n, BitReader& signs, uint32_t* w) {
+  uint64_t used = 0;
+  for (uint32_t i0 = 0; i0 < n; i0 += 32) {
+    if (signs.available() < 32) signs.refill();  // a block takes at most 32 bits
+    const uint32_t m = std::min<uint32_t>(32, n - i0);
+    for (uint32_t j = 0; j < m; ++j) {
+      const uint32_t i = i0 + j;
+      const uint32_t coded = kAllCoded ? 1u : uint32_t(coded_if[i] != kUncodedValue);
+      const int32_t qv = q[i];
+      const uint32_t take = coded & uint32_t(qv == 0);
+      const uint32_t negative = uint32_t(signs.peek()) & take;
+      signs.consume(int(take));
+      used += take;
+      const uint32_t mag = qv < 0 ? 0u - uint32_t(qv) : uint32_t(qv);
+      const uint32_t v = (mag << 1) | (uint32_t(qv) >> 31) | negative;
+      w[i] = coded ? v : kUncodedValue;
+    }
+  }
+  return used;
+}
+
+#if ACTZIP_AVX2_PASSES
+// Whole blocks of 32 elements; returns the elements done.
+template <bool kAllCoded>
+ACTZIP_TARGET_AVX2 uint32_t q_to_w_avx2(const int32_t* q, const uint32_t* coded_if, uint32_t n, BitReader& signs,
+                                        uint32_t* w, uint64_t* used) {
+  const __m256i zero = _mm256_setzero_si256(), uncoded_value = _mm256_set1_epi32(-1);
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), one = _mm256_set1_epi32(1);
+  uint32_t i0 = 0;
+  uint64_t taken = 0;
+  for (; i0 + 32 <= n; i0 += 32) {
+    __m256i qv[4], uncoded[4];
+    uint32_t take = 0;
+    for (uint32_t k = 0; k < 4; ++k) {
+      qv[k] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + i0 + 8 * k));
+      uncoded[k] = kAllCoded ? zero
+                             : _mm256_cmpeq_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(coded_if + i0 + 8 * k)),
+                                                  uncoded_value);
+      take |= movemask32(_mm256_andnot_si256(uncoded[k], _mm256_cmpeq_epi32(qv[k], zero))) << (8 * k);
+    }
+    uint32_t negative = 0;
+    if (take) {
+      if (signs.available() < 32) signs.refill();
+      const uint32_t count = uint32_t(_mm_popcnt_u32(take));
+      negative = scatter_bits(uint32_t(signs.peek() & ((uint64_t(1) << count) - 1u)), take);
+      signs.consume(int(count));
+      taken += count;
+    }
+    const __m256i neg_bits = _mm256_set1_epi32(int(negative));
+    for (uint32_t k = 0; k < 4; ++k) {
+      const __m256i sign_bit = _mm256_and_si256(
+          _mm256_srlv_epi32(neg_bits, _mm256_add_epi32(lane, _mm256_set1_epi32(int(8 * k)))), one);
+      __m256i v = _mm256_slli_epi32(_mm256_abs_epi32(qv[k]), 1);
+      v = _mm256_or_si256(v, _mm256_or_si256(_mm256_srli_epi32(qv[k], 31), sign_bit));
+      v = _mm256_or_si256(v, uncoded[k]);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(w + i0 + 8 * k), v);
+    }
+  }
+  *used += taken;
+  return i0;
+}
+#endif
+
+}  // namespace
+
+uint64_t q_to_w(const int32_t* q, const uint32_t* coded_if, uint32_t n, BitReader& signs, uint32_t* w) {
+  uint64_t used = 0;
+  uint32_t done = 0;
+#if ACTZIP_AVX2_PASSES
+  if (kHaveAvx2)
+    done = coded_if ? q_to_w_avx2<false>(q, coded_if, n, signs, w, &used)
+                    : q_to_w_avx2<true>(q, nullptr, n, signs, w, &used);
+#endif
+  if (done < n) {
+    used += coded_if ? q_to_w_loop<false>(q + done, coded_if + done, n - done, signs, w + done)
+                     : q_to_w_loop<true>(q + done, nullptr, n - done, signs, w + done);
+  }
+  return used;
+}
+
+bool lorenzo1d_inverse(const uint32_t* __restrict u, uint32_t n, int32_t* __restrict q) {
+  uint32_t prev = 0, bad = 0;
+  for (uint32_t t = 0; t < n; ++t) {
+    prev += unzigzag_bits(u[t]);
+    q[t] = int32_t(prev);
+    bad |= out_of_range(prev);
+  }
+  return bad == 0;
+}
+
+bool lorenzo2d_inverse(const uint32_t* __restrict u, uint32_t n, uint32_t row, uint32_t col0, int32_t* __restrict q) {
+  for (uint32_t j = 1; j <= row + 1; ++j) q[-int64_t(j)] = 0;  // neighbours outside the chunk
+  uint32_t bad = 0;
+  uint32_t i = 0, col = col0;
+  while (i < n) {
+    const uint32_t end = std::min<uint32_t>(n, i + (row - col));
+    // The first element of this stretch of a row has no left neighbour (a row start, or
+    // element 0 of the chunk): its prediction is the upper neighbour.
+    {
+      const uint32_t v = u[i];
+      const uint32_t coded = uint32_t(v != kUncodedValue);
+      const uint32_t qv = uint32_t(q[int64_t(i) - row]) + unzigzag_bits(v);
+      bad |= coded & out_of_range(qv);
+      q[i] = coded ? int32_t(qv) : 0;
+    }
+    uint32_t left = uint32_t(q[i]);
+    for (uint32_t j = i + 1; j < end; ++j) {
+      const uint32_t v = u[j];
+      const uint32_t coded = uint32_t(v != kUncodedValue);
+      const uint32_t p = left + (uint32_t(q[int64_t(j) - row]) - uint32_t(q[int64_t(j) - row - 1]));
+      const uint32_t qv = p + unzigzag_bits(v);
+      bad |= coded & (out_of_range(p) | out_of_range(qv));
+      left = coded ? qv : 0u;
+      q[j] = int32_t(left);
+    }
+    i = end;
+    col = 0;
+  }
+  return bad == 0;
+}
+
+}  // namespace detail
+}  // namespace actzip
