@@ -111,6 +111,13 @@ class BitReader {
       fill_ += 8;
     }
   }
+  // refill() for a reader with at least 8 bytes left (bytes_left() >= 8); advances at most 7.
+  void refill_unchecked() {
+    buf_ |= load_le64(p_) << fill_;
+    p_ += (63 - fill_) >> 3;
+    fill_ |= 56;
+  }
+  uint64_t bytes_left() const { return uint64_t(end_ - p_); }
   uint64_t peek() const { return buf_; }
   int available() const { return fill_; }
   void consume(int nbits) {

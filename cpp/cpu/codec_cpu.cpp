@@ -801,26 +801,8 @@ Status decode_chunk(const uint8_t* payload, const Header& h, const Decoders& dec
           BitReader(lanes + kLaneTableBytes + lane_bytes[0] + lane_bytes[1],
                     lanes + kLaneTableBytes + lane_bytes[0] + lane_bytes[1] + lane_bytes[2]),
           BitReader(lanes + kLaneTableBytes + lane_bytes[0] + lane_bytes[1] + lane_bytes[2], lanes + ch.code_bytes)};
-      uint32_t bad = 0;
-      auto step = [&](BitReader& rd, uint32_t t) {
-        rd.refill();
-        const uint64_t bits = rd.peek();
-        const uint32_t e = table[bits & (kDecodeTableSize - 1)];
-        const uint32_t len = (e >> 12) & 15u, eb = (e >> 16) & 31u, total = (e >> 21) & 63u;
-        rd.consume(int(total));
-        const uint32_t extra = uint32_t(bits >> len) & ((1u << eb) - 1u);
-        u[t] = (e & (1u << 27)) ? (1u << eb) + extra : (e & 0xFFFu);
-        bad |= e >> 28;
-      };
-      uint32_t t = 0;
-      for (; t + kCodeLanes <= coded; t += kCodeLanes) {  // four independent chains
-        step(r[0], t);
-        step(r[1], t + 1);
-        step(r[2], t + 2);
-        step(r[3], t + 3);
-      }
-      for (; t < coded; ++t) step(r[t % kCodeLanes], t);
-      if (bad) return format_error("chunk %u: invalid code", c);
+      const bool valid = huffman_decode_lanes(table, r, coded, u);
+      if (!valid) return format_error("chunk %u: invalid code", c);
       for (uint32_t l = 0; l < kCodeLanes; ++l)
         if (!section_fits(r[l], uint32_t(lane_bytes[l]), r[l].consumed_bits()))
           return format_error("chunk %u: code lane %u length mismatch", c, l);
@@ -846,7 +828,7 @@ Status decode_chunk(const uint8_t* payload, const Header& h, const Decoders& dec
         expand_coded(u, mask, elems, w);
         grid_u = w;
       }
-      if (lorenzo2d_inverse(grid_u, elems, row, col0, q)) {
+      if (lorenzo2d_inverse(grid_u, elems, row, col0, !has_mask, q)) {
         sign_used = q_to_w(q, has_mask ? grid_u : nullptr, elems, signs, w);
         on_grid = true;
       } else {

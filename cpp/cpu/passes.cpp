@@ -3,6 +3,7 @@
 #include "cpu/passes.h"
 
 #include "codec/format.h"
+#include "codec/huffman.h"
 
 #include <algorithm>
 #include <cstring>
@@ -75,6 +76,18 @@ bool cpu_has_avx2() {
 }
 const bool kHaveAvx2 = cpu_has_avx2();
 
+// BMI2's shlx/shrx/bzhi take any register as the shift count, which relieves the bit
+// readers' and writers' register pressure.
+bool cpu_has_bmi2() {
+  static const bool yes = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2");
+  }();
+  return yes;
+}
+const bool kHaveBmi2 = cpu_has_bmi2();
+#define ACTZIP_TARGET_BMI2 __attribute__((target("bmi,bmi2")))
+
 // Lane permutations of eight 32-bit values: compress[m] moves the lanes of m's set bits to
 // the front, in order; expand[m] does the inverse.
 struct PermuteTables {
@@ -130,15 +143,15 @@ inline void classify_codes_loop(const T* __restrict x, uint32_t n, const Quantiz
 
 }  // namespace
 
-ACTZIP_MULTIVERSION void classify_codes_f32(const float* x, uint32_t n, const Quantizer& qz, int32_t* codes,
+ACTZIP_MULTIVERSION_WIDE void classify_codes_f32(const float* x, uint32_t n, const Quantizer& qz, int32_t* codes,
                                             int32_t* q_out) {
   classify_codes_loop<1>(x, n, qz, codes, q_out);
 }
-ACTZIP_MULTIVERSION void classify_codes_f16(const uint16_t* x, uint32_t n, const Quantizer& qz, int32_t* codes,
+ACTZIP_MULTIVERSION_WIDE void classify_codes_f16(const uint16_t* x, uint32_t n, const Quantizer& qz, int32_t* codes,
                                             int32_t* q_out) {
   classify_codes_loop<2>(x, n, qz, codes, q_out);
 }
-ACTZIP_MULTIVERSION void classify_codes_bf16(const uint16_t* x, uint32_t n, const Quantizer& qz, int32_t* codes,
+ACTZIP_MULTIVERSION_WIDE void classify_codes_bf16(const uint16_t* x, uint32_t n, const Quantizer& qz, int32_t* codes,
                                              int32_t* q_out) {
   classify_codes_loop<3>(x, n, qz, codes, q_out);
 }
@@ -307,8 +320,35 @@ uint64_t write_sign_stream(const int32_t* __restrict codes, uint32_t n, uint8_t*
 
 namespace {
 
-// Appends the code of any value (the general case of huffman_encode_lanes).
-inline void put_value(FastBitWriter& w, uint32_t v, const uint32_t* code_len, int k) {
+// FastBitWriter for puts of at most 56 bits, which never fill the accumulator: one store
+// and three shifts a put.
+class LaneWriter {
+ public:
+  explicit LaneWriter(uint8_t* begin) : begin_(begin), p_(begin) {}
+  void put(uint64_t value, uint32_t nbits) {  // value < 2^nbits, nbits <= 56
+    acc_ |= value << fill_;
+    fill_ += nbits;
+    std::memcpy(p_, &acc_, 8);  // little-endian hosts (bitio.h checks)
+    p_ += fill_ >> 3;
+    acc_ >>= fill_ & 56u;
+    fill_ &= 7u;
+  }
+  // Writes the last partial byte; returns the bytes written.
+  uint64_t flush() {
+    std::memcpy(p_, &acc_, 8);
+    return uint64_t(p_ - begin_) + (fill_ > 0 ? 1 : 0);
+  }
+
+ private:
+  uint8_t* begin_;
+  uint8_t* p_;
+  uint64_t acc_ = 0;
+  uint32_t fill_ = 0;
+};
+
+// Appends the code of any value (the general case of huffman_encode_lanes): at most 12
+// bits of code and 24 extra bits.
+__attribute__((always_inline)) inline void put_value(LaneWriter& w, uint32_t v, const uint32_t* code_len, int k) {
   const uint32_t direct = 1u << k;
   const int b = floor_log2(v | 1u);
   const bool is_class = v >= direct;
@@ -317,22 +357,22 @@ inline void put_value(FastBitWriter& w, uint32_t v, const uint32_t* code_len, in
   const uint64_t extra = is_class ? uint64_t(v - (1u << b)) : 0;
   const uint32_t cl = code_len[sym];  // code | length << 16
   const int len = int(cl >> 16);
-  w.put(uint64_t(cl & 0xFFFFu) | (extra << len), len + eb);
+  w.put(uint64_t(cl & 0xFFFFu) | (extra << len), uint32_t(len + eb));
 }
 
-}  // namespace
-
-void huffman_encode_lanes(const uint32_t* __restrict u, uint32_t n, const uint32_t* __restrict small,
-                          const uint32_t* __restrict code_len, int k, uint8_t* lanes, uint64_t lane_stride,
-                          uint64_t* lane_bytes) {
+__attribute__((always_inline)) inline void encode_lanes_body(const uint32_t* __restrict u, uint32_t n,
+                                                             const uint32_t* __restrict small,
+                                                             const uint32_t* __restrict code_len, int k,
+                                                             uint8_t* lanes, uint64_t lane_stride,
+                                                             uint64_t* lane_bytes) {
   static_assert(kCodeLanes == 4, "the loop below writes four lanes");
-  FastBitWriter w0(lanes), w1(lanes + lane_stride), w2(lanes + 2 * lane_stride), w3(lanes + 3 * lane_stride);
+  LaneWriter w0(lanes), w1(lanes + lane_stride), w2(lanes + 2 * lane_stride), w3(lanes + 3 * lane_stride);
   // Values t and t + 4 go to the same lane: while both are small their codes (at most 23
   // bits each) are joined and written with one put.
-  auto put_pair = [&](FastBitWriter& w, uint32_t v0, uint32_t v1) {
+  auto put_pair = [&](LaneWriter& w, uint32_t v0, uint32_t v1) {
     const uint32_t e0 = small[v0], e1 = small[v1];
     const uint32_t n0 = e0 >> 24;
-    w.put(uint64_t(e0 & 0xFFFFFFu) | (uint64_t(e1 & 0xFFFFFFu) << n0), int(n0 + (e1 >> 24)));
+    w.put(uint64_t(e0 & 0xFFFFFFu) | (uint64_t(e1 & 0xFFFFFFu) << n0), n0 + (e1 >> 24));
   };
   uint32_t t = 0;
   for (; t + 8 <= n; t += 8) {
@@ -353,9 +393,27 @@ void huffman_encode_lanes(const uint32_t* __restrict u, uint32_t n, const uint32
       put_value(w3, v[7], code_len, k);
     }
   }
-  FastBitWriter* w[kCodeLanes] = {&w0, &w1, &w2, &w3};
+  LaneWriter* w[kCodeLanes] = {&w0, &w1, &w2, &w3};
   for (; t < n; ++t) put_value(*w[t % kCodeLanes], u[t], code_len, k);
   for (uint32_t l = 0; l < kCodeLanes; ++l) lane_bytes[l] = w[l]->flush();
+}
+
+#if ACTZIP_AVX2_PASSES
+ACTZIP_TARGET_BMI2 void encode_lanes_bmi2(const uint32_t* u, uint32_t n, const uint32_t* small,
+                                          const uint32_t* code_len, int k, uint8_t* lanes, uint64_t lane_stride,
+                                          uint64_t* lane_bytes) {
+  encode_lanes_body(u, n, small, code_len, k, lanes, lane_stride, lane_bytes);
+}
+#endif
+
+}  // namespace
+
+void huffman_encode_lanes(const uint32_t* u, uint32_t n, const uint32_t* small, const uint32_t* code_len, int k,
+                          uint8_t* lanes, uint64_t lane_stride, uint64_t* lane_bytes) {
+#if ACTZIP_AVX2_PASSES
+  if (kHaveBmi2) return encode_lanes_bmi2(u, n, small, code_len, k, lanes, lane_stride, lane_bytes);
+#endif
+  encode_lanes_body(u, n, small, code_len, k, lanes, lane_stride, lane_bytes);
 }
 
 namespace {
@@ -531,35 +589,125 @@ bool lorenzo1d_inverse(const uint32_t* __restrict u, uint32_t n, int32_t* __rest
   return bad == 0;
 }
 
-bool lorenzo2d_inverse(const uint32_t* __restrict u, uint32_t n, uint32_t row, uint32_t col0, int32_t* __restrict q) {
-  for (uint32_t j = 1; j <= row + 1; ++j) q[-int64_t(j)] = 0;  // neighbours outside the chunk
-  uint32_t bad = 0;
+namespace {
+
+// q of one stretch of a row, [i, end), whose first element has no left neighbour: the
+// prediction, unclamped, in wrapping arithmetic (lorenzo2d_inverse checks afterwards).
+template <bool kAllCoded>
+inline void lorenzo2d_stretch(const uint32_t* __restrict u, uint32_t i, uint32_t end, uint32_t row,
+                              int32_t* __restrict q) {
+  uint32_t left = 0;  // the first element's prediction is its upper neighbour alone
+  for (uint32_t j = i; j < end; ++j) {
+    const uint32_t v = u[j];
+    const uint32_t up = uint32_t(q[int64_t(j) - row]);
+    const uint32_t up_left = j == i ? 0u : uint32_t(q[int64_t(j) - row - 1]);
+    const uint32_t qv = left + (up - up_left + unzigzag_bits(v));
+    left = kAllCoded || v != kUncodedValue ? qv : 0u;
+    q[j] = int32_t(left);
+  }
+}
+
+template <bool kAllCoded>
+void lorenzo2d_rows(const uint32_t* __restrict u, uint32_t n, uint32_t row, uint32_t col0, int32_t* __restrict q) {
   uint32_t i = 0, col = col0;
   while (i < n) {
     const uint32_t end = std::min<uint32_t>(n, i + (row - col));
-    // The first element of this stretch of a row has no left neighbour (a row start, or
-    // element 0 of the chunk): its prediction is the upper neighbour.
-    {
-      const uint32_t v = u[i];
-      const uint32_t coded = uint32_t(v != kUncodedValue);
-      const uint32_t qv = uint32_t(q[int64_t(i) - row]) + unzigzag_bits(v);
-      bad |= coded & out_of_range(qv);
-      q[i] = coded ? int32_t(qv) : 0;
-    }
-    uint32_t left = uint32_t(q[i]);
-    for (uint32_t j = i + 1; j < end; ++j) {
-      const uint32_t v = u[j];
-      const uint32_t coded = uint32_t(v != kUncodedValue);
-      const uint32_t p = left + (uint32_t(q[int64_t(j) - row]) - uint32_t(q[int64_t(j) - row - 1]));
-      const uint32_t qv = p + unzigzag_bits(v);
-      bad |= coded & (out_of_range(p) | out_of_range(qv));
-      left = coded ? qv : 0u;
-      q[j] = int32_t(left);
-    }
+    lorenzo2d_stretch<kAllCoded>(u, i, end, row, q);
     i = end;
     col = 0;
   }
+}
+
+// 1 when some q, or some prediction q[i-1] + q[i-row] - q[i-row-1], is out of range. Checking
+// the full three-term prediction everywhere, even where an element lacks a left neighbour,
+// is stricter than needed, which only sends more chunks to the exact decoder.
+ACTZIP_MULTIVERSION uint32_t lorenzo2d_out_of_range(const int32_t* q, uint32_t n, uint32_t row) {
+  uint32_t bad = 0;
+  for (uint32_t i = 0; i < n; ++i) {
+    const uint32_t p = uint32_t(q[int64_t(i) - 1]) + uint32_t(q[int64_t(i) - row]) - uint32_t(q[int64_t(i) - row - 1]);
+    bad |= out_of_range(uint32_t(q[i])) | out_of_range(p);
+  }
+  return bad;
+}
+
+}  // namespace
+
+bool lorenzo2d_inverse(const uint32_t* u, uint32_t n, uint32_t row, uint32_t col0, bool all_coded, int32_t* q) {
+  for (uint32_t j = 1; j <= row + 1; ++j) q[-int64_t(j)] = 0;  // neighbours outside the chunk
+  if (all_coded) lorenzo2d_rows<true>(u, n, row, col0, q);
+  else lorenzo2d_rows<false>(u, n, row, col0, q);
+  // With every q and every prediction in range, the wrapping arithmetic above was exact
+  // and no prediction needed clamping: q is what docs/FORMAT.md defines.
+  return lorenzo2d_out_of_range(q, n, row) == 0;
+}
+
+namespace {
+
+// One value of one lane.
+template <bool kChecked>
+__attribute__((always_inline)) inline void decode_step(const uint32_t* table, BitReader& rd, uint32_t* out,
+                                                       uint32_t& bad) {
+  if (kChecked) rd.refill();
+  else rd.refill_unchecked();
+  const uint64_t bits = rd.peek();
+  const uint32_t e = table[bits & (kDecodeTableSize - 1)];
+  const uint32_t len = (e >> 12) & 15u, eb = (e >> 16) & 31u, total = (e >> 21) & 63u;
+  rd.consume(int(total));
+  const uint32_t extra = uint32_t(bits >> len) & ((1u << eb) - 1u);
+  *out = (e & (1u << 27)) ? (1u << eb) + extra : (e & 0xFFFu);
+  bad |= e >> 28;
+}
+
+__attribute__((always_inline)) inline bool decode_lanes_body(const uint32_t* table, BitReader* lanes, uint32_t n,
+                                                             uint32_t* u) {
+  static_assert(kCodeLanes == 4, "the loop below reads four lanes");
+  // Locals, not the array, so that the readers live in registers.
+  BitReader r0 = lanes[0], r1 = lanes[1], r2 = lanes[2], r3 = lanes[3];
+  uint32_t bad = 0, t = 0;
+  while (t + 4 <= n) {
+    // Groups of four whose refills need no bounds check: each refill advances at most 7
+    // bytes and needs 8 readable.
+    uint64_t safe = (n - t) / 4;
+    for (const BitReader* r : {&r0, &r1, &r2, &r3})
+      safe = std::min<uint64_t>(safe, r->bytes_left() >= 8 ? (r->bytes_left() - 8) / 7 + 1 : 0);
+    if (safe == 0) {
+      decode_step<true>(table, r0, u + t, bad);
+      decode_step<true>(table, r1, u + t + 1, bad);
+      decode_step<true>(table, r2, u + t + 2, bad);
+      decode_step<true>(table, r3, u + t + 3, bad);
+      t += 4;
+      continue;
+    }
+    for (const uint32_t end = t + 4 * uint32_t(safe); t < end; t += 4) {  // four independent chains
+      decode_step<false>(table, r0, u + t, bad);
+      decode_step<false>(table, r1, u + t + 1, bad);
+      decode_step<false>(table, r2, u + t + 2, bad);
+      decode_step<false>(table, r3, u + t + 3, bad);
+    }
+  }
+  if (t < n) decode_step<true>(table, r0, u + t, bad), ++t;
+  if (t < n) decode_step<true>(table, r1, u + t, bad), ++t;
+  if (t < n) decode_step<true>(table, r2, u + t, bad), ++t;
+  lanes[0] = r0;
+  lanes[1] = r1;
+  lanes[2] = r2;
+  lanes[3] = r3;
   return bad == 0;
+}
+
+#if ACTZIP_AVX2_PASSES
+ACTZIP_TARGET_BMI2 bool decode_lanes_bmi2(const uint32_t* table, BitReader* lanes, uint32_t n, uint32_t* u) {
+  return decode_lanes_body(table, lanes, n, u);
+}
+#endif
+
+}  // namespace
+
+bool huffman_decode_lanes(const uint32_t* table, BitReader* lanes, uint32_t n, uint32_t* u) {
+#if ACTZIP_AVX2_PASSES
+  if (kHaveBmi2) return decode_lanes_bmi2(table, lanes, n, u);
+#endif
+  return decode_lanes_body(table, lanes, n, u);
 }
 
 }  // namespace detail

@@ -18,8 +18,11 @@
 // Hot loops get a clone for AVX2 where the platform can dispatch on it at load time.
 #if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(__clang__)
 #define ACTZIP_MULTIVERSION __attribute__((target_clones("avx2", "default")))
+// Classification is wide double-precision work: AVX-512 halves its instructions.
+#define ACTZIP_MULTIVERSION_WIDE __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define ACTZIP_MULTIVERSION
+#define ACTZIP_MULTIVERSION_WIDE
 #endif
 
 namespace actzip {
@@ -77,6 +80,12 @@ void huffman_encode_lanes(const uint32_t* u, uint32_t n, const uint32_t* small, 
 
 // ---- Decoder ----
 
+// Huffman-decodes n values into u, value t from lanes[t % kCodeLanes]; table: the widened
+// decode table (Decoders::code_wide in codec_cpu.cpp: symbol, code length, extra bits, their
+// sum, class flag in bit 27, invalid-code flag in bit 28). Returns false when some code is
+// invalid. The readers are left where decoding stopped, for the caller's length checks.
+bool huffman_decode_lanes(const uint32_t* table, BitReader* lanes, uint32_t n, uint32_t* u);
+
 // Spreads the coded elements' values over the chunk grid: grid[i] = values[t] for the
 // t-th coded element (mask bit set), kUncodedValue elsewhere. mask holds (n + 7) / 8 bytes.
 void expand_coded(const uint32_t* values, const uint8_t* mask, uint32_t n, uint32_t* grid);
@@ -100,10 +109,10 @@ uint64_t q_to_w(const int32_t* q, const uint32_t* coded_if, uint32_t n, BitReade
 bool lorenzo1d_inverse(const uint32_t* u, uint32_t n, int32_t* q);
 
 // The 2-D Lorenzo inverse over the chunk grid `u` (kUncodedValue for uncoded elements, whose
-// q is 0). `q` must be preceded by row + 1 writable elements. Returns false when a q leaves
-// [-kMaxQ, kMaxQ] or a prediction needs clamping: the caller then decodes the chunk by the
-// per-element definition, which handles both.
-bool lorenzo2d_inverse(const uint32_t* u, uint32_t n, uint32_t row, uint32_t col0, int32_t* q);
+// q is 0; all_coded: there are none). `q` must be preceded by row + 1 writable elements.
+// Returns false when a q leaves [-kMaxQ, kMaxQ] or a prediction may need clamping: the
+// caller then decodes the chunk by the per-element definition, which handles both.
+bool lorenzo2d_inverse(const uint32_t* u, uint32_t n, uint32_t row, uint32_t col0, bool all_coded, int32_t* q);
 
 }  // namespace detail
 }  // namespace actzip
