@@ -119,8 +119,9 @@ class BitReader {
   }
   uint64_t bytes_left() const { return uint64_t(end_ - p_); }
   uint64_t peek() const { return buf_; }
-  int available() const { return fill_; }
-  void consume(int nbits) {
+  int available() const { return int(fill_); }
+  void consume(int nbits) { consume(uint32_t(nbits)); }
+  void consume(uint32_t nbits) {
     buf_ >>= nbits;
     fill_ -= nbits;
   }
@@ -130,17 +131,17 @@ class BitReader {
     return v;
   }
   // True when the bits consumed so far run past the end of the section.
-  bool overran() const { return uint64_t(virtual_bytes_) * 8 > uint64_t(fill_); }
+  bool overran() const { return uint64_t(virtual_bytes_) * 8 > fill_; }
   // Bits consumed since construction (the supplied zero bits past the end included), so
   // that hot loops need not count them.
-  uint64_t consumed_bits() const { return (uint64_t(p_ - begin_) + virtual_bytes_) * 8 - uint64_t(fill_); }
+  uint64_t consumed_bits() const { return (uint64_t(p_ - begin_) + virtual_bytes_) * 8 - fill_; }
 
  private:
   const uint8_t* begin_;
   const uint8_t* p_;
   const uint8_t* end_;
   uint64_t buf_ = 0;
-  int fill_ = 0;
+  uint64_t fill_ = 0;  // unsigned and full width: no sign extension in the hot loops
   uint64_t virtual_bytes_ = 0;
 };
 

@@ -653,9 +653,10 @@ Status check_payload_crc(const uint8_t* s, const Header& h) {
 
 struct Decoders {
   HuffmanDecoder mask, code;
-  // The code table widened so one lookup gives everything about the next symbol:
-  // symbol (bits 0-11), code length (12-15), extra bits (16-20), code length plus extra
-  // bits (21-26), a class flag (27) and an invalid-code flag (28).
+  // The code table widened so one lookup gives everything about the next value:
+  // a direct symbol's value (bits 0-11, 0 for a class), code length (12-15), extra bits
+  // (16-20), code length plus extra bits (21-26) and a class flag (27). The value is
+  // bits 0-11 + (class flag << extra bits) + the extra bits (huffman_decode_lanes).
   std::vector<uint32_t> code_wide;
 
   void widen(int k) {
@@ -665,15 +666,24 @@ struct Decoders {
       const uint32_t e = code.table[j];
       const uint32_t len = e >> 12, sym = e & 0xFFFu;
       if (len == 0) {
-        code_wide[j] = 1u << 28;
+        // No code: a class of 31 extra bits consuming nothing, so the value is at least
+        // 2^31, which no valid value reaches; the decoder reports it.
+        code_wide[j] = (31u << 16) | (1u << 27);
         continue;
       }
       const bool is_class = sym >= direct;
       const uint32_t eb = is_class ? sym - direct + uint32_t(k) : 0;
-      code_wide[j] = sym | (len << 12) | (eb << 16) | ((len + eb) << 21) | (uint32_t(is_class) << 27);
+      code_wide[j] = (is_class ? 0u : sym) | (len << 12) | (eb << 16) | ((len + eb) << 21) | (uint32_t(is_class) << 27);
     }
   }
 };
+
+// Set bits of a byte (without POPCNT, __builtin_popcount is a library call).
+inline uint32_t popcount_byte(uint32_t b) {
+  b = b - ((b >> 1) & 0x55u);
+  b = (b & 0x33u) + ((b >> 2) & 0x33u);
+  return (b + (b >> 4)) & 0x0Fu;
+}
 
 // Consumed bits must fill the section exactly up to its zero padding.
 bool section_fits(const BitReader& r, uint32_t section_bytes, uint64_t consumed_bits) {
@@ -760,7 +770,7 @@ Status decode_chunk(const uint8_t* payload, const Header& h, const Decoders& dec
       r.consume(l);
       consumed += uint64_t(l);
       mask[j] = uint8_t(e & 0xFFF);
-      coded += uint32_t(__builtin_popcount(mask[j]));
+      coded += popcount_byte(mask[j]);
     }
     if (bad) return format_error("chunk %u: invalid mask code", c);
     if (!section_fits(r, ch.mask_bytes, consumed)) return format_error("chunk %u: mask section length mismatch", c);

@@ -643,19 +643,19 @@ bool lorenzo2d_inverse(const uint32_t* u, uint32_t n, uint32_t row, uint32_t col
 
 namespace {
 
-// One value of one lane.
+// One value of one lane: the table entry gives the code's length, the extra bits'
+// count and their sum, and either the value (a direct symbol) or the class flag whose
+// 1 << extra bits starts the value.
 template <bool kChecked>
-__attribute__((always_inline)) inline void decode_step(const uint32_t* table, BitReader& rd, uint32_t* out,
-                                                       uint32_t& bad) {
+__attribute__((always_inline)) inline void decode_step(const uint32_t* table, BitReader& rd, uint32_t* out) {
   if (kChecked) rd.refill();
   else rd.refill_unchecked();
   const uint64_t bits = rd.peek();
   const uint32_t e = table[bits & (kDecodeTableSize - 1)];
   const uint32_t len = (e >> 12) & 15u, eb = (e >> 16) & 31u, total = (e >> 21) & 63u;
-  rd.consume(int(total));
+  rd.consume(total);
   const uint32_t extra = uint32_t(bits >> len) & ((1u << eb) - 1u);
   *out = (e & (1u << 27)) ? (1u << eb) + extra : (e & 0xFFFu);
-  bad |= e >> 28;
 }
 
 __attribute__((always_inline)) inline bool decode_lanes_body(const uint32_t* table, BitReader* lanes, uint32_t n,
@@ -663,7 +663,7 @@ __attribute__((always_inline)) inline bool decode_lanes_body(const uint32_t* tab
   static_assert(kCodeLanes == 4, "the loop below reads four lanes");
   // Locals, not the array, so that the readers live in registers.
   BitReader r0 = lanes[0], r1 = lanes[1], r2 = lanes[2], r3 = lanes[3];
-  uint32_t bad = 0, t = 0;
+  uint32_t t = 0;
   while (t + 4 <= n) {
     // Groups of four whose refills need no bounds check: each refill advances at most 7
     // bytes and needs 8 readable.
@@ -671,27 +671,30 @@ __attribute__((always_inline)) inline bool decode_lanes_body(const uint32_t* tab
     for (const BitReader* r : {&r0, &r1, &r2, &r3})
       safe = std::min<uint64_t>(safe, r->bytes_left() >= 8 ? (r->bytes_left() - 8) / 7 + 1 : 0);
     if (safe == 0) {
-      decode_step<true>(table, r0, u + t, bad);
-      decode_step<true>(table, r1, u + t + 1, bad);
-      decode_step<true>(table, r2, u + t + 2, bad);
-      decode_step<true>(table, r3, u + t + 3, bad);
+      decode_step<true>(table, r0, u + t);
+      decode_step<true>(table, r1, u + t + 1);
+      decode_step<true>(table, r2, u + t + 2);
+      decode_step<true>(table, r3, u + t + 3);
       t += 4;
       continue;
     }
     for (const uint32_t end = t + 4 * uint32_t(safe); t < end; t += 4) {  // four independent chains
-      decode_step<false>(table, r0, u + t, bad);
-      decode_step<false>(table, r1, u + t + 1, bad);
-      decode_step<false>(table, r2, u + t + 2, bad);
-      decode_step<false>(table, r3, u + t + 3, bad);
+      decode_step<false>(table, r0, u + t);
+      decode_step<false>(table, r1, u + t + 1);
+      decode_step<false>(table, r2, u + t + 2);
+      decode_step<false>(table, r3, u + t + 3);
     }
   }
-  if (t < n) decode_step<true>(table, r0, u + t, bad), ++t;
-  if (t < n) decode_step<true>(table, r1, u + t, bad), ++t;
-  if (t < n) decode_step<true>(table, r2, u + t, bad), ++t;
+  if (t < n) decode_step<true>(table, r0, u + t), ++t;
+  if (t < n) decode_step<true>(table, r1, u + t), ++t;
+  if (t < n) decode_step<true>(table, r2, u + t), ++t;
   lanes[0] = r0;
   lanes[1] = r1;
   lanes[2] = r2;
   lanes[3] = r3;
+  // An invalid code decodes to 2^31 or more, which no valid value reaches (2^25 at most).
+  uint32_t bad = 0;
+  for (uint32_t i = 0; i < n; ++i) bad |= u[i] >> 31;
   return bad == 0;
 }
 

@@ -81,8 +81,7 @@ void huffman_encode_lanes(const uint32_t* u, uint32_t n, const uint32_t* small, 
 // ---- Decoder ----
 
 // Huffman-decodes n values into u, value t from lanes[t % kCodeLanes]; table: the widened
-// decode table (Decoders::code_wide in codec_cpu.cpp: symbol, code length, extra bits, their
-// sum, class flag in bit 27, invalid-code flag in bit 28). Returns false when some code is
+// decode table (Decoders::code_wide in codec_cpu.cpp). Returns false when some code is
 // invalid. The readers are left where decoding stopped, for the caller's length checks.
 bool huffman_decode_lanes(const uint32_t* table, BitReader* lanes, uint32_t n, uint32_t* u);
 
