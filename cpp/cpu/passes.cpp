@@ -74,7 +74,7 @@ bool cpu_has_avx2() {
   }();
   return yes;
 }
-const bool kHaveAvx2 = cpu_has_avx2();
+bool avx2_passes = cpu_has_avx2();  // cleared by force_portable_passes()
 
 // BMI2's shlx/shrx/bzhi take any register as the shift count, which relieves the bit
 // readers' and writers' register pressure.
@@ -85,7 +85,7 @@ bool cpu_has_bmi2() {
   }();
   return yes;
 }
-const bool kHaveBmi2 = cpu_has_bmi2();
+bool bmi2_passes = cpu_has_bmi2();
 #define ACTZIP_TARGET_BMI2 __attribute__((target("bmi,bmi2")))
 
 // Lane permutations of eight 32-bit values: compress[m] moves the lanes of m's set bits to
@@ -225,7 +225,7 @@ uint32_t compact_coded(const int32_t* __restrict codes, uint32_t n, uint32_t* va
   uint32_t t = 0;
   uint32_t i0 = 0;
 #if ACTZIP_AVX2_PASSES
-  if (kHaveAvx2) t = compact_coded_avx2(codes, n, values, mask_bytes, &i0);
+  if (avx2_passes) t = compact_coded_avx2(codes, n, values, mask_bytes, &i0);
 #endif
   for (; i0 < n; i0 += 8) {
     const uint32_t m = std::min<uint32_t>(8, n - i0);
@@ -296,7 +296,7 @@ uint64_t write_sign_stream(const int32_t* __restrict codes, uint32_t n, uint8_t*
   sink.p = out;
   uint32_t i0 = 0;
 #if ACTZIP_AVX2_PASSES
-  if (kHaveAvx2) i0 = write_sign_blocks_avx2(codes, n, &sink);
+  if (avx2_passes) i0 = write_sign_blocks_avx2(codes, n, &sink);
 #endif
   uint64_t& acc = sink.acc;
   uint32_t& fill = sink.fill;
@@ -411,7 +411,7 @@ ACTZIP_TARGET_BMI2 void encode_lanes_bmi2(const uint32_t* u, uint32_t n, const u
 void huffman_encode_lanes(const uint32_t* u, uint32_t n, const uint32_t* small, const uint32_t* code_len, int k,
                           uint8_t* lanes, uint64_t lane_stride, uint64_t* lane_bytes) {
 #if ACTZIP_AVX2_PASSES
-  if (kHaveBmi2) return encode_lanes_bmi2(u, n, small, code_len, k, lanes, lane_stride, lane_bytes);
+  if (bmi2_passes) return encode_lanes_bmi2(u, n, small, code_len, k, lanes, lane_stride, lane_bytes);
 #endif
   encode_lanes_body(u, n, small, code_len, k, lanes, lane_stride, lane_bytes);
 }
@@ -441,7 +441,7 @@ void expand_coded(const uint32_t* __restrict values, const uint8_t* __restrict m
                   uint32_t* __restrict grid) {
   uint32_t t = 0, start = 0;
 #if ACTZIP_AVX2_PASSES
-  if (kHaveAvx2) t = expand_coded_avx2(values, mask, n, grid, &start);
+  if (avx2_passes) t = expand_coded_avx2(values, mask, n, grid, &start);
 #endif
   for (uint32_t i0 = start; i0 < n; i0 += 8) {
     const uint32_t byte = mask[i0 / 8];
@@ -568,7 +568,7 @@ uint64_t q_to_w(const int32_t* q, const uint32_t* coded_if, uint32_t n, BitReade
   uint64_t used = 0;
   uint32_t done = 0;
 #if ACTZIP_AVX2_PASSES
-  if (kHaveAvx2)
+  if (avx2_passes)
     done = coded_if ? q_to_w_avx2<false>(q, coded_if, n, signs, w, &used)
                     : q_to_w_avx2<true>(q, nullptr, n, signs, w, &used);
 #endif
@@ -708,9 +708,18 @@ ACTZIP_TARGET_BMI2 bool decode_lanes_bmi2(const uint32_t* table, BitReader* lane
 
 bool huffman_decode_lanes(const uint32_t* table, BitReader* lanes, uint32_t n, uint32_t* u) {
 #if ACTZIP_AVX2_PASSES
-  if (kHaveBmi2) return decode_lanes_bmi2(table, lanes, n, u);
+  if (bmi2_passes) return decode_lanes_bmi2(table, lanes, n, u);
 #endif
   return decode_lanes_body(table, lanes, n, u);
+}
+
+void force_portable_passes(bool on) {
+#if ACTZIP_AVX2_PASSES
+  avx2_passes = !on && cpu_has_avx2();
+  bmi2_passes = !on && cpu_has_bmi2();
+#else
+  (void)on;
+#endif
 }
 
 }  // namespace detail

@@ -32,6 +32,11 @@ namespace detail {
 // element values; no valid value comes near it.
 inline constexpr uint32_t kUncodedValue = 0xFFFFFFFFu;
 
+// For tests: with `on`, the passes run their portable loops even where the CPU has the
+// AVX2 and BMI2 versions (clones made by ACTZIP_MULTIVERSION still dispatch). Not for use
+// while other threads run passes.
+void force_portable_passes(bool on);
+
 // ---- Encoder ----
 
 // codes[i] = classify_code(x[i]) for the chunk's elements (q_out optional: the quantized
