@@ -240,16 +240,8 @@ struct Books {
 
   void pack() {
     code_len.resize(code.len.size());
-    for (size_t s = 0; s < code_len.size(); ++s) code_len[s] = code.code[s] | (uint32_t(code.len[s]) << 16);
-    // Every symbol has a code (smoothed_lengths), so every small value has an entry.
     small.resize(kSmallValues);
-    for (uint32_t v = 0; v < kSmallValues; ++v) {
-      int eb = 0;
-      const uint32_t sym = u_to_symbol(v, k, &eb);
-      const uint32_t extra = eb ? v - (1u << eb) : 0;
-      const uint32_t len = code.len[sym];
-      small[v] = (uint32_t(code.code[sym]) | (extra << len)) | ((len + uint32_t(eb)) << 24);
-    }
+    build_code_tables(code, k, code_len.data(), small.data());
   }
 };
 
@@ -653,28 +645,20 @@ Status check_payload_crc(const uint8_t* s, const Header& h) {
 
 struct Decoders {
   HuffmanDecoder mask, code;
-  // The code table widened so one lookup gives everything about the next value:
-  // a direct symbol's value (bits 0-11, 0 for a class), code length (12-15), extra bits
-  // (16-20), code length plus extra bits (21-26) and a class flag (27). The value is
-  // bits 0-11 + (class flag << extra bits) + the extra bits (huffman_decode_lanes).
-  std::vector<uint32_t> code_wide;
+  std::vector<uint32_t> code_wide;   // one value a lookup (build_value_table, passes.h)
+  std::vector<uint32_t> code_pairs;  // two values a lookup where they fit (passes.h)
+  uint32_t pair_share = 0;           // entries of code_pairs with two values
+
+  // Two values a lookup pays where they come often enough: measured, the pair loop wins
+  // from about 45% of lookups up and loses below (its lanes drift and it stores twice).
+  bool use_pairs() const { return pair_share >= kDecodeTableSize * 9 / 20; }
 
   void widen(int k) {
-    const uint32_t direct = 1u << k;
     code_wide.assign(kDecodeTableSize, 0);
-    for (uint32_t j = 0; j < kDecodeTableSize && !code.table.empty(); ++j) {
-      const uint32_t e = code.table[j];
-      const uint32_t len = e >> 12, sym = e & 0xFFFu;
-      if (len == 0) {
-        // No code: a class of 31 extra bits consuming nothing, so the value is at least
-        // 2^31, which no valid value reaches; the decoder reports it.
-        code_wide[j] = (31u << 16) | (1u << 27);
-        continue;
-      }
-      const bool is_class = sym >= direct;
-      const uint32_t eb = is_class ? sym - direct + uint32_t(k) : 0;
-      code_wide[j] = (is_class ? 0u : sym) | (len << 12) | (eb << 16) | ((len + eb) << 21) | (uint32_t(is_class) << 27);
-    }
+    code_pairs.assign(kDecodeTableSize, 0);
+    if (code.table.empty()) return;
+    build_value_table(code, k, code_wide.data());
+    pair_share = build_pair_table(code_wide.data(), code_pairs.data());
   }
 };
 
@@ -811,7 +795,7 @@ Status decode_chunk(const uint8_t* payload, const Header& h, const Decoders& dec
           BitReader(lanes + kLaneTableBytes + lane_bytes[0] + lane_bytes[1],
                     lanes + kLaneTableBytes + lane_bytes[0] + lane_bytes[1] + lane_bytes[2]),
           BitReader(lanes + kLaneTableBytes + lane_bytes[0] + lane_bytes[1] + lane_bytes[2], lanes + ch.code_bytes)};
-      const bool valid = huffman_decode_lanes(table, r, coded, u);
+      const bool valid = huffman_decode_lanes(table, dec.use_pairs() ? dec.code_pairs.data() : nullptr, r, coded, u);
       if (!valid) return format_error("chunk %u: invalid code", c);
       for (uint32_t l = 0; l < kCodeLanes; ++l)
         if (!section_fits(r[l], uint32_t(lane_bytes[l]), r[l].consumed_bits()))

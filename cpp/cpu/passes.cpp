@@ -318,6 +318,17 @@ uint64_t write_sign_stream(const int32_t* __restrict codes, uint32_t n, uint8_t*
   return uint64_t(p - out) + (fill > 0 ? 1 : 0);
 }
 
+void build_code_tables(const HuffmanEncoder& code, int k, uint32_t* code_len, uint32_t* small) {
+  for (size_t s = 0; s < code.len.size(); ++s) code_len[s] = code.code[s] | (uint32_t(code.len[s]) << 16);
+  for (uint32_t v = 0; v < kSmallValues; ++v) {
+    int eb = 0;
+    const uint32_t sym = u_to_symbol(v, k, &eb);
+    const uint32_t extra = eb ? v - (1u << eb) : 0;
+    const uint32_t len = code.len[sym];
+    small[v] = (uint32_t(code.code[sym]) | (extra << len)) | ((len + uint32_t(eb)) << 24);
+  }
+}
+
 namespace {
 
 // FastBitWriter for puts of at most 56 bits, which never fill the accumulator: one store
@@ -658,11 +669,28 @@ __attribute__((always_inline)) inline void decode_step(const uint32_t* table, Bi
   *out = (e & (1u << 27)) ? (1u << eb) + extra : (e & 0xFFFu);
 }
 
-__attribute__((always_inline)) inline bool decode_lanes_body(const uint32_t* table, BitReader* lanes, uint32_t n,
-                                                             uint32_t* u) {
-  static_assert(kCodeLanes == 4, "the loop below reads four lanes");
-  // Locals, not the array, so that the readers live in registers.
-  BitReader r0 = lanes[0], r1 = lanes[1], r2 = lanes[2], r3 = lanes[3];
+// One step of one lane with the pair table: one or two values, lane positions pos and
+// pos + 4 (the caller guarantees both exist).
+__attribute__((always_inline)) inline void decode_pair_step(const uint32_t* pairs, BitReader& rd, uint32_t* u,
+                                                            uint32_t& pos) {
+  rd.refill_unchecked();
+  const uint64_t bits = rd.peek();
+  const uint32_t e = pairs[bits & (kDecodeTableSize - 1)];
+  rd.consume(e & 63u);
+  if (e & kPairClass) {
+    const uint32_t eb = (e >> 8) & 31u, len = (e >> 13) & 15u;
+    u[pos] = (1u << eb) + (uint32_t(bits >> len) & ((1u << eb) - 1u));
+    pos += 4;
+  } else {
+    u[pos] = (e >> 8) & 1023u;
+    u[pos + 4] = (e >> 18) & 1023u;
+    pos += 4 + ((e >> 4) & 4u);  // bit 6: two values
+  }
+}
+
+// One value a step: for codes too long to pair often.
+__attribute__((always_inline)) inline void decode_singles(const uint32_t* table, BitReader& r0, BitReader& r1,
+                                                          BitReader& r2, BitReader& r3, uint32_t n, uint32_t* u) {
   uint32_t t = 0;
   while (t + 4 <= n) {
     // Groups of four whose refills need no bounds check: each refill advances at most 7
@@ -688,6 +716,44 @@ __attribute__((always_inline)) inline bool decode_lanes_body(const uint32_t* tab
   if (t < n) decode_step<true>(table, r0, u + t), ++t;
   if (t < n) decode_step<true>(table, r1, u + t), ++t;
   if (t < n) decode_step<true>(table, r2, u + t), ++t;
+}
+
+// One or two values a step.
+__attribute__((always_inline)) inline void decode_pairs(const uint32_t* table, const uint32_t* pairs, BitReader& r0,
+                                                        BitReader& r1, BitReader& r2, BitReader& r3, uint32_t n,
+                                                        uint32_t* u) {
+  // Lane l decodes the values l, l + 4, l + 8, ...; pos_l is its next one. The lanes
+  // advance by one or two values a step, so they drift apart a little; each finishes on
+  // its own.
+  uint32_t pos0 = 0, pos1 = 1, pos2 = 2, pos3 = 3;
+  auto left = [n](uint32_t pos) { return pos < n ? (n - pos + 3) / 4 : 0u; };
+  for (;;) {
+    // Steps that can run unchecked: every lane keeps two values to go, and its refills
+    // (at most 7 bytes each, 8 readable) stay inside its section.
+    uint64_t steps = std::min({left(pos0), left(pos1), left(pos2), left(pos3)}) / 2;
+    for (const BitReader* r : {&r0, &r1, &r2, &r3})
+      steps = std::min<uint64_t>(steps, r->bytes_left() >= 8 ? (r->bytes_left() - 8) / 7 + 1 : 0);
+    if (steps == 0) break;
+    for (uint64_t s = 0; s < steps; ++s) {  // four independent chains
+      decode_pair_step(pairs, r0, u, pos0);
+      decode_pair_step(pairs, r1, u, pos1);
+      decode_pair_step(pairs, r2, u, pos2);
+      decode_pair_step(pairs, r3, u, pos3);
+    }
+  }
+  for (; pos0 < n; pos0 += 4) decode_step<true>(table, r0, u + pos0);
+  for (; pos1 < n; pos1 += 4) decode_step<true>(table, r1, u + pos1);
+  for (; pos2 < n; pos2 += 4) decode_step<true>(table, r2, u + pos2);
+  for (; pos3 < n; pos3 += 4) decode_step<true>(table, r3, u + pos3);
+}
+
+__attribute__((always_inline)) inline bool decode_lanes_body(const uint32_t* table, const uint32_t* pairs,
+                                                             BitReader* lanes, uint32_t n, uint32_t* u) {
+  static_assert(kCodeLanes == 4, "the loops read four lanes");
+  // Locals, not the array, so that the readers live in registers.
+  BitReader r0 = lanes[0], r1 = lanes[1], r2 = lanes[2], r3 = lanes[3];
+  if (pairs) decode_pairs(table, pairs, r0, r1, r2, r3, n, u);
+  else decode_singles(table, r0, r1, r2, r3, n, u);
   lanes[0] = r0;
   lanes[1] = r1;
   lanes[2] = r2;
@@ -699,18 +765,55 @@ __attribute__((always_inline)) inline bool decode_lanes_body(const uint32_t* tab
 }
 
 #if ACTZIP_AVX2_PASSES
-ACTZIP_TARGET_BMI2 bool decode_lanes_bmi2(const uint32_t* table, BitReader* lanes, uint32_t n, uint32_t* u) {
-  return decode_lanes_body(table, lanes, n, u);
+ACTZIP_TARGET_BMI2 bool decode_lanes_bmi2(const uint32_t* table, const uint32_t* pairs, BitReader* lanes, uint32_t n,
+                                          uint32_t* u) {
+  return decode_lanes_body(table, pairs, lanes, n, u);
 }
 #endif
 
 }  // namespace
 
-bool huffman_decode_lanes(const uint32_t* table, BitReader* lanes, uint32_t n, uint32_t* u) {
+void build_value_table(const HuffmanDecoder& code, int k, uint32_t* table) {
+  const uint32_t direct = 1u << k;
+  for (uint32_t j = 0; j < kDecodeTableSize; ++j) {
+    const uint32_t e = code.table[j];
+    const uint32_t len = e >> 12, sym = e & 0xFFFu;
+    if (len == 0) {
+      table[j] = (31u << 16) | (1u << 27);
+      continue;
+    }
+    const bool is_class = sym >= direct;
+    const uint32_t eb = is_class ? sym - direct + uint32_t(k) : 0;
+    table[j] = (is_class ? 0u : sym) | (len << 12) | (eb << 16) | ((len + eb) << 21) | (uint32_t(is_class) << 27);
+  }
+}
+
+uint32_t build_pair_table(const uint32_t* table, uint32_t* pairs) {
+  uint32_t two = 0;
+  for (uint32_t j = 0; j < kDecodeTableSize; ++j) {
+    const uint32_t e = table[j];
+    const uint32_t len = (e >> 12) & 15u, eb = (e >> 16) & 31u, total = (e >> 21) & 63u;
+    if (e & (1u << 27)) {  // a class (or no code: 31 extra bits, nothing consumed)
+      pairs[j] = total | kPairClass | (eb << 8) | (len << 13);
+      continue;
+    }
+    uint32_t entry = len | ((e & 0xFFFu) << 8);
+    // The bits after the first code decide a second one if its code fits in them.
+    const uint32_t e2 = table[j >> len];
+    const uint32_t len2 = (e2 >> 12) & 15u;
+    if (!(e2 & (1u << 27)) && len2 != 0 && len + len2 <= kMaxCodeLen)
+      entry = (len + len2) | (1u << 6) | ((e & 0xFFFu) << 8) | ((e2 & 0xFFFu) << 18);
+    pairs[j] = entry;
+    two += (entry >> 6) & 1u;
+  }
+  return two;
+}
+
+bool huffman_decode_lanes(const uint32_t* table, const uint32_t* pairs, BitReader* lanes, uint32_t n, uint32_t* u) {
 #if ACTZIP_AVX2_PASSES
-  if (bmi2_passes) return decode_lanes_bmi2(table, lanes, n, u);
+  if (bmi2_passes) return decode_lanes_bmi2(table, pairs, lanes, n, u);
 #endif
-  return decode_lanes_body(table, lanes, n, u);
+  return decode_lanes_body(table, pairs, lanes, n, u);
 }
 
 void force_portable_passes(bool on) {

@@ -14,6 +14,7 @@
 
 #include "codec/bitio.h"
 #include "codec/element.h"
+#include "codec/huffman.h"
 
 // Hot loops get a clone for AVX2 where the platform can dispatch on it at load time.
 #if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(__clang__)
@@ -76,6 +77,10 @@ uint64_t write_sign_stream(const int32_t* codes, uint32_t n, uint8_t* out);
 // bit-reversed code with its extra bits above it, | (code length + extra bits) << 24.
 inline constexpr uint32_t kSmallValues = 4096;
 
+// The encoder's tables for direct_log2 = k: code_len[s] = symbol s's code | length << 16
+// (code.len.size() entries) and `small` (kSmallValues entries; every symbol must have a code).
+void build_code_tables(const HuffmanEncoder& code, int k, uint32_t* code_len, uint32_t* small);
+
 // Huffman-codes values u[0..n) into kCodeLanes interleaved lanes (value t into lane t % 4),
 // lane l starting at lanes + l * lane_stride; each lane needs 8 bytes of slack. small: the
 // table above; code_len: each symbol's code | length << 16; k: direct_log2.
@@ -85,10 +90,29 @@ void huffman_encode_lanes(const uint32_t* u, uint32_t n, const uint32_t* small, 
 
 // ---- Decoder ----
 
-// Huffman-decodes n values into u, value t from lanes[t % kCodeLanes]; table: the widened
-// decode table (Decoders::code_wide in codec_cpu.cpp). Returns false when some code is
-// invalid. The readers are left where decoding stopped, for the caller's length checks.
-bool huffman_decode_lanes(const uint32_t* table, BitReader* lanes, uint32_t n, uint32_t* u);
+// The decode table widened so that one lookup (kDecodeTableSize entries, indexed by the
+// next kMaxCodeLen bits) gives everything about the next value: a direct symbol's value
+// (bits 0-11, 0 for a class), code length (12-15), extra bits (16-20), code length plus
+// extra bits (21-26) and a class flag (27). A bit pattern that starts no code gets a class
+// of 31 extra bits that consumes nothing, so its value is at least 2^31, which no valid
+// value reaches, and the decoder reports it.
+void build_value_table(const HuffmanDecoder& code, int k, uint32_t* table);
+
+// A decode table that yields two values at once where two direct symbols' codes fit in
+// the kMaxCodeLen bits looked up: consumed bits (bits 0-5), two values (6), class (7), and
+// either the values (8-17, 18-27; direct values are below 2^kMaxDirectLog2) or, for a
+// class, its extra bits (8-12) and code length (13-16). Built from `table`, the widened
+// single-value table above; kDecodeTableSize entries.
+// Returns the entries that hold two values: each entry is as likely as any other under the
+// code's own symbol distribution, so this out of kDecodeTableSize is the share of lookups
+// that would yield two values.
+inline constexpr uint32_t kPairClass = 1u << 7;
+uint32_t build_pair_table(const uint32_t* table, uint32_t* pairs);
+
+// Huffman-decodes n values into u, value t from lanes[t % kCodeLanes], with the tables
+// above (pairs may be null: one value a lookup). Returns false when some code is invalid.
+// The readers are left where decoding stopped, for the caller's length checks.
+bool huffman_decode_lanes(const uint32_t* table, const uint32_t* pairs, BitReader* lanes, uint32_t n, uint32_t* u);
 
 // Spreads the coded elements' values over the chunk grid: grid[i] = values[t] for the
 // t-th coded element (mask bit set), kUncodedValue elsewhere. mask holds (n + 7) / 8 bytes.

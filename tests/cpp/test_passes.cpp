@@ -12,6 +12,7 @@
 #include "actzip/actzip.h"
 #include "codec/bitio.h"
 #include "codec/element.h"
+#include "codec/huffman.h"
 #include "cpu/passes.h"
 #include "harness.h"
 
@@ -219,6 +220,80 @@ ACTZIP_TEST(codes_to_u_and_reconstruct_match_element_h) {
     for (uint32_t i = 0; i < n; ++i) {
       const uint32_t expect = is_coded(codes[i]) ? f32_bits(reconstruct(codes[i], qz)) : 0u;
       ACTZIP_CHECK(out[i] == expect, "n=%u i=%u", n, i);
+    }
+  }
+}
+
+// Values whose symbols follow `freq` (for direct_log2 = k), extra bits uniform.
+std::vector<uint32_t> values_from(std::mt19937& rng, const std::vector<uint64_t>& freq, int k, uint32_t n) {
+  std::discrete_distribution<uint32_t> pick(freq.begin(), freq.end());
+  std::vector<uint32_t> u(n);
+  const uint32_t direct = 1u << k;
+  for (auto& v : u) {
+    const uint32_t sym = pick(rng);
+    if (sym < direct) {
+      v = sym;
+    } else {
+      const int b = int(sym - direct) + k;
+      v = (1u << b) + (b ? uint32_t(rng()) & ((1u << b) - 1u) : 0u);
+    }
+  }
+  return u;
+}
+
+ACTZIP_TEST(huffman_lanes_round_trip_with_and_without_pairs) {
+  std::mt19937 rng(8);
+  for (int k : {0, 3, 5, 8, 10}) {
+    const uint32_t alphabet = code_alphabet(k);
+    for (double skew : {0.3, 0.7, 0.95}) {  // long codes (few pairs) to short ones (mostly pairs)
+      std::vector<uint64_t> freq(alphabet);
+      double f = 1e6;
+      for (auto& x : freq) {
+        x = uint64_t(f) + 1;
+        f *= skew;
+      }
+      const std::vector<uint8_t> lengths = huffman_lengths(freq.data(), alphabet);
+      HuffmanEncoder enc;
+      HuffmanDecoder dec;
+      ACTZIP_REQUIRE(enc.build(lengths) && dec.build(lengths), "k=%d", k);
+      std::vector<uint32_t> code_len(alphabet), small(kSmallValues), table(kDecodeTableSize), pairs(kDecodeTableSize);
+      build_code_tables(enc, k, code_len.data(), small.data());
+      build_value_table(dec, k, table.data());
+      build_pair_table(table.data(), pairs.data());
+      on_both_paths([&](bool portable) {
+        for (uint32_t n : {1u, 3u, 4u, 5u, 9u, 100u, 16384u}) {
+          const auto u = values_from(rng, freq, k, n);
+          const uint64_t stride = (uint64_t(n) / 4 + 1) * 36 / 8 + 16;
+          std::vector<uint8_t> lanes(4 * stride, 0);
+          uint64_t lane_bytes[4];
+          huffman_encode_lanes(u.data(), n, small.data(), code_len.data(), k, lanes.data(), stride, lane_bytes);
+          for (bool with_pairs : {false, true}) {
+            // The lanes as a stream holds them: each padded to 8 bytes, back to back.
+            std::vector<uint8_t> packed;
+            uint64_t begin[4];
+            for (int l = 0; l < 4; ++l) {
+              begin[l] = packed.size();
+              packed.insert(packed.end(), lanes.begin() + l * stride, lanes.begin() + l * stride + lane_bytes[l]);
+              packed.resize((packed.size() + 7) / 8 * 8, 0);
+            }
+            BitReader readers[4] = {
+                BitReader(packed.data() + begin[0], packed.data() + begin[1]),
+                BitReader(packed.data() + begin[1], packed.data() + begin[2]),
+                BitReader(packed.data() + begin[2], packed.data() + begin[3]),
+                BitReader(packed.data() + begin[3], packed.data() + packed.size())};
+            std::vector<uint32_t> back(n, 0xDEADBEEF);
+            const bool ok = huffman_decode_lanes(table.data(), with_pairs ? pairs.data() : nullptr, readers, n, back.data());
+            ACTZIP_CHECK(ok, "k=%d skew=%g n=%u portable=%d pairs=%d", k, skew, n, portable, with_pairs);
+            for (uint32_t i = 0; i < n && actzip_test::failures_in_current_test() == 0; ++i)
+              ACTZIP_CHECK(back[i] == u[i], "k=%d skew=%g n=%u i=%u portable=%d pairs=%d: %u != %u", k, skew, n, i,
+                           portable, with_pairs, back[i], u[i]);
+            for (int l = 0; l < 4; ++l) {
+              const uint64_t used = readers[l].consumed_bits();
+              ACTZIP_CHECK(!readers[l].overran() && (used + 7) / 8 == lane_bytes[l], "k=%d n=%u lane %d", k, n, l);
+            }
+          }
+        }
+      });
     }
   }
 }
