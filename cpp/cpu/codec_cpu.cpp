@@ -257,9 +257,10 @@ Status encode_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const Q
   uint8_t* mask_bytes = sc.mask_bytes.data();
   // Both Lorenzo predictors work on q; the other codes the codes themselves.
   const bool on_q = cp->predictor != 0;
-  if constexpr (kDT == 1) classify_codes_f32(reinterpret_cast<const float*>(data) + begin, elems, qz, codes, on_q ? q : nullptr);
-  else if constexpr (kDT == 2) classify_codes_f16(reinterpret_cast<const uint16_t*>(data) + begin, elems, qz, codes, on_q ? q : nullptr);
-  else classify_codes_bf16(reinterpret_cast<const uint16_t*>(data) + begin, elems, qz, codes, on_q ? q : nullptr);
+  int32_t* q_out = on_q ? q : nullptr;
+  if constexpr (kDT == 1) classify_codes_f32(reinterpret_cast<const float*>(data) + begin, elems, qz, codes, q_out);
+  else if constexpr (kDT == 2) classify_codes_f16(reinterpret_cast<const uint16_t*>(data) + begin, elems, qz, codes, q_out);
+  else classify_codes_bf16(reinterpret_cast<const uint16_t*>(data) + begin, elems, qz, codes, q_out);
   uint32_t zeros = 0, outliers = 0;
   count_classes(codes, elems, &zeros, &outliers);
   uint32_t coded = elems - zeros - outliers;

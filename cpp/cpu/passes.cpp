@@ -116,7 +116,9 @@ ACTZIP_TARGET_AVX2 inline __m256i lanes_of_byte(uint32_t byte) {
   const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
   return _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(int(byte)), bit), bit);
 }
-ACTZIP_TARGET_AVX2 inline uint32_t movemask32(__m256i v) { return uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(v))); }
+ACTZIP_TARGET_AVX2 inline uint32_t movemask32(__m256i v) {
+  return uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(v)));
+}
 #endif
 
 // zigzag() and unzigzag() without branches or signed overflow.
@@ -127,8 +129,8 @@ inline uint32_t out_of_range(uint32_t q) { return uint32_t(q + uint32_t(kMaxQ) >
 inline uint32_t is_coded_code(int32_t c) { return uint32_t(c != 0) & uint32_t(c != kOutlierCode); }
 
 template <int kDT, class T>
-inline void classify_codes_loop(const T* __restrict x, uint32_t n, const Quantizer& quantizer, int32_t* __restrict codes,
-                                int32_t* __restrict q_out) {
+inline void classify_codes_loop(const T* __restrict x, uint32_t n, const Quantizer& quantizer,
+                                int32_t* __restrict codes, int32_t* __restrict q_out) {
   const Quantizer qz = quantizer;  // a local copy: no aliasing with the outputs
   if (q_out == nullptr) {
     for (uint32_t i = 0; i < n; ++i) codes[i] = classify_code<kDT>(load_elem<kDT>(x, i), qz);
@@ -415,6 +417,59 @@ ACTZIP_TARGET_BMI2 void encode_lanes_bmi2(const uint32_t* u, uint32_t n, const u
                                           uint64_t* lane_bytes) {
   encode_lanes_body(u, n, small, code_len, k, lanes, lane_stride, lane_bytes);
 }
+
+// encode_lanes_body with the pairs' codes joined by AVX2 ahead of the writers, a block at
+// a time: the serial loop is then two loads and a put per pair.
+__attribute__((target("avx2,popcnt,bmi,bmi2"))) void encode_lanes_avx2(const uint32_t* u, uint32_t n,
+                                                                       const uint32_t* small, const uint32_t* code_len,
+                                                                       int k, uint8_t* lanes, uint64_t lane_stride,
+                                                                       uint64_t* lane_bytes) {
+  constexpr uint32_t kGroups = 64;  // groups of 8 values (4 pairs) a block
+  alignas(32) uint64_t pair_bits[4 * kGroups];
+  alignas(16) uint32_t pair_len[4 * kGroups];
+  uint32_t all_small[kGroups];
+  LaneWriter w0(lanes), w1(lanes + lane_stride), w2(lanes + 2 * lane_stride), w3(lanes + 3 * lane_stride);
+  const __m256i largest = _mm256_set1_epi32(int(kSmallValues - 1)), code_bits = _mm256_set1_epi32(0xFFFFFF);
+  uint32_t t = 0;
+  while (t + 8 <= n) {
+    const uint32_t groups = std::min<uint32_t>(kGroups, (n - t) / 8);
+    for (uint32_t g = 0; g < groups; ++g) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(u + t + 8 * g));
+      // Values are below 2^26 (zigzagged residuals of 24-bit q): signed compares are safe.
+      all_small[g] = movemask32(_mm256_cmpgt_epi32(v, largest)) == 0;
+      const __m256i e = _mm256_i32gather_epi32(reinterpret_cast<const int*>(small), _mm256_min_epu32(v, largest), 4);
+      const __m256i code = _mm256_and_si256(e, code_bits), len = _mm256_srli_epi32(e, 24);
+      const __m256i first = _mm256_cvtepu32_epi64(_mm256_castsi256_si128(code));
+      const __m256i second = _mm256_cvtepu32_epi64(_mm256_extracti128_si256(code, 1));
+      const __m256i shift = _mm256_cvtepu32_epi64(_mm256_castsi256_si128(len));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(pair_bits + 4 * g),
+                         _mm256_or_si256(first, _mm256_sllv_epi64(second, shift)));
+      _mm_store_si128(reinterpret_cast<__m128i*>(pair_len + 4 * g),
+                      _mm_add_epi32(_mm256_castsi256_si128(len), _mm256_extracti128_si256(len, 1)));
+    }
+    for (uint32_t g = 0; g < groups; ++g, t += 8) {
+      if (all_small[g]) {
+        w0.put(pair_bits[4 * g], pair_len[4 * g]);
+        w1.put(pair_bits[4 * g + 1], pair_len[4 * g + 1]);
+        w2.put(pair_bits[4 * g + 2], pair_len[4 * g + 2]);
+        w3.put(pair_bits[4 * g + 3], pair_len[4 * g + 3]);
+      } else {
+        const uint32_t* v = u + t;
+        put_value(w0, v[0], code_len, k);
+        put_value(w1, v[1], code_len, k);
+        put_value(w2, v[2], code_len, k);
+        put_value(w3, v[3], code_len, k);
+        put_value(w0, v[4], code_len, k);
+        put_value(w1, v[5], code_len, k);
+        put_value(w2, v[6], code_len, k);
+        put_value(w3, v[7], code_len, k);
+      }
+    }
+  }
+  LaneWriter* w[kCodeLanes] = {&w0, &w1, &w2, &w3};
+  for (; t < n; ++t) put_value(*w[t % kCodeLanes], u[t], code_len, k);
+  for (uint32_t l = 0; l < kCodeLanes; ++l) lane_bytes[l] = w[l]->flush();
+}
 #endif
 
 }  // namespace
@@ -422,6 +477,7 @@ ACTZIP_TARGET_BMI2 void encode_lanes_bmi2(const uint32_t* u, uint32_t n, const u
 void huffman_encode_lanes(const uint32_t* u, uint32_t n, const uint32_t* small, const uint32_t* code_len, int k,
                           uint8_t* lanes, uint64_t lane_stride, uint64_t* lane_bytes) {
 #if ACTZIP_AVX2_PASSES
+  if (avx2_passes && bmi2_passes) return encode_lanes_avx2(u, n, small, code_len, k, lanes, lane_stride, lane_bytes);
   if (bmi2_passes) return encode_lanes_bmi2(u, n, small, code_len, k, lanes, lane_stride, lane_bytes);
 #endif
   encode_lanes_body(u, n, small, code_len, k, lanes, lane_stride, lane_bytes);
@@ -545,9 +601,8 @@ ACTZIP_TARGET_AVX2 uint32_t q_to_w_avx2(const int32_t* q, const uint32_t* coded_
     uint32_t take = 0;
     for (uint32_t k = 0; k < 4; ++k) {
       qv[k] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + i0 + 8 * k));
-      uncoded[k] = kAllCoded ? zero
-                             : _mm256_cmpeq_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(coded_if + i0 + 8 * k)),
-                                                  uncoded_value);
+      const __m256i* coded_at = reinterpret_cast<const __m256i*>(coded_if + i0 + 8 * k);
+      uncoded[k] = kAllCoded ? zero : _mm256_cmpeq_epi32(_mm256_loadu_si256(coded_at), uncoded_value);
       take |= movemask32(_mm256_andnot_si256(uncoded[k], _mm256_cmpeq_epi32(qv[k], zero))) << (8 * k);
     }
     uint32_t negative = 0;
@@ -590,9 +645,56 @@ uint64_t q_to_w(const int32_t* q, const uint32_t* coded_if, uint32_t n, BitReade
   return used;
 }
 
+namespace {
+
+#if ACTZIP_AVX2_PASSES
+// Inclusive prefix sums of eight 32-bit lanes (wrapping), plus `carry` (all lanes equal).
+ACTZIP_TARGET_AVX2 inline __m256i prefix_sum8(__m256i x, __m256i carry) {
+  x = _mm256_add_epi32(x, _mm256_slli_si256(x, 4));  // within each 128-bit half
+  x = _mm256_add_epi32(x, _mm256_slli_si256(x, 8));
+  const __m256i low_total = _mm256_shuffle_epi32(x, 0xFF);  // each half's last lane
+  x = _mm256_add_epi32(x, _mm256_permute2x128_si256(low_total, low_total, 0x08));  // low half's into the high
+  return _mm256_add_epi32(x, carry);
+}
+ACTZIP_TARGET_AVX2 inline __m256i last_lane(__m256i x) { return _mm256_permutevar8x32_epi32(x, _mm256_set1_epi32(7)); }
+ACTZIP_TARGET_AVX2 inline __m256i unzigzag8(__m256i v) {
+  const __m256i negative = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_and_si256(v, _mm256_set1_epi32(1)));
+  return _mm256_xor_si256(_mm256_srli_epi32(v, 1), negative);
+}
+// Lanes whose wrapped q lies outside [-kMaxQ, kMaxQ] set.
+ACTZIP_TARGET_AVX2 inline __m256i out_of_range8(__m256i q) {
+  const __m256i limit = _mm256_set1_epi32(int(2u * uint32_t(kMaxQ)));
+  const __m256i biased = _mm256_add_epi32(q, _mm256_set1_epi32(kMaxQ));
+  return _mm256_xor_si256(_mm256_cmpeq_epi32(_mm256_max_epu32(biased, limit), limit), _mm256_set1_epi32(-1));
+}
+
+// Whole groups of eight; returns the elements done, *prev the last q and *bad whether any
+// q was out of range.
+ACTZIP_TARGET_AVX2 uint32_t lorenzo1d_inverse_avx2(const uint32_t* u, uint32_t n, int32_t* q, uint32_t* prev,
+                                                   uint32_t* bad) {
+  __m256i carry = _mm256_setzero_si256(), out = _mm256_setzero_si256();
+  uint32_t t = 0;
+  for (; t + 8 <= n; t += 8) {
+    const __m256i x =
+        prefix_sum8(unzigzag8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(u + t))), carry);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + t), x);
+    out = _mm256_or_si256(out, out_of_range8(x));
+    carry = last_lane(x);
+  }
+  *prev = uint32_t(_mm256_extract_epi32(carry, 0));
+  *bad = uint32_t(!_mm256_testz_si256(out, out));
+  return t;
+}
+#endif
+
+}  // namespace
+
 bool lorenzo1d_inverse(const uint32_t* __restrict u, uint32_t n, int32_t* __restrict q) {
-  uint32_t prev = 0, bad = 0;
-  for (uint32_t t = 0; t < n; ++t) {
+  uint32_t prev = 0, bad = 0, t = 0;
+#if ACTZIP_AVX2_PASSES
+  if (avx2_passes) t = lorenzo1d_inverse_avx2(u, n, q, &prev, &bad);
+#endif
+  for (; t < n; ++t) {
     prev += unzigzag_bits(u[t]);
     q[t] = int32_t(prev);
     bad |= out_of_range(prev);
@@ -629,6 +731,40 @@ void lorenzo2d_rows(const uint32_t* __restrict u, uint32_t n, uint32_t row, uint
   }
 }
 
+#if ACTZIP_AVX2_PASSES
+// lorenzo2d_rows<true> for rows of at least 8 elements: with every element coded, a
+// stretch's q are the prefix sums of up - up_left + unzigzag(u), eight at a time (the
+// upper row is complete, and is at least 8 back, before a group reads it).
+ACTZIP_TARGET_AVX2 void lorenzo2d_rows_avx2(const uint32_t* u, uint32_t n, uint32_t row, uint32_t col0, int32_t* q) {
+  const __m256i not_first = _mm256_setr_epi32(0, -1, -1, -1, -1, -1, -1, -1);
+  uint32_t i = 0, col = col0;
+  while (i < n) {
+    const uint32_t end = std::min<uint32_t>(n, i + (row - col));
+    __m256i carry = _mm256_setzero_si256();
+    __m256i keep_up_left = not_first;  // the stretch's first element has no upper-left neighbour
+    uint32_t j = i;
+    for (; j + 8 <= end; j += 8) {
+      const __m256i d = unzigzag8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(u + j)));
+      const __m256i up = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + int64_t(j) - row));
+      const __m256i up_left = _mm256_and_si256(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + int64_t(j) - row - 1)), keep_up_left);
+      const __m256i x = prefix_sum8(_mm256_add_epi32(_mm256_sub_epi32(up, up_left), d), carry);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + j), x);
+      carry = last_lane(x);
+      keep_up_left = _mm256_set1_epi32(-1);
+    }
+    uint32_t left = uint32_t(_mm256_extract_epi32(carry, 0));
+    for (; j < end; ++j) {
+      const uint32_t up_left = j == i ? 0u : uint32_t(q[int64_t(j) - row - 1]);
+      left += uint32_t(q[int64_t(j) - row]) - up_left + unzigzag_bits(u[j]);
+      q[j] = int32_t(left);
+    }
+    i = end;
+    col = 0;
+  }
+}
+#endif
+
 // 1 when some q, or some prediction q[i-1] + q[i-row] - q[i-row-1], is out of range. Checking
 // the full three-term prediction everywhere, even where an element lacks a left neighbour,
 // is stricter than needed, which only sends more chunks to the exact decoder.
@@ -645,6 +781,10 @@ ACTZIP_MULTIVERSION uint32_t lorenzo2d_out_of_range(const int32_t* q, uint32_t n
 
 bool lorenzo2d_inverse(const uint32_t* u, uint32_t n, uint32_t row, uint32_t col0, bool all_coded, int32_t* q) {
   for (uint32_t j = 1; j <= row + 1; ++j) q[-int64_t(j)] = 0;  // neighbours outside the chunk
+#if ACTZIP_AVX2_PASSES
+  if (all_coded && row >= 8 && avx2_passes) lorenzo2d_rows_avx2(u, n, row, col0, q);
+  else
+#endif
   if (all_coded) lorenzo2d_rows<true>(u, n, row, col0, q);
   else lorenzo2d_rows<false>(u, n, row, col0, q);
   // With every q and every prediction in range, the wrapping arithmetic above was exact
