@@ -732,31 +732,65 @@ void lorenzo2d_rows(const uint32_t* __restrict u, uint32_t n, uint32_t row, uint
 }
 
 #if ACTZIP_AVX2_PASSES
-// lorenzo2d_rows<true> for rows of at least 8 elements: with every element coded, a
-// stretch's q are the prefix sums of up - up_left + unzigzag(u), eight at a time (the
-// upper row is complete, and is at least 8 back, before a group reads it).
+// Lanes of `x` moved up by `by` (1, 2 or 4), `fill` in the lanes left free.
+ACTZIP_TARGET_AVX2 inline __m256i lanes_up(__m256i x, int by, __m256i fill) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i from = _mm256_sub_epi32(lane, _mm256_set1_epi32(by));
+  const __m256i moved = _mm256_permutevar8x32_epi32(x, _mm256_max_epi32(from, _mm256_setzero_si256()));
+  return _mm256_blendv_epi8(moved, fill, _mm256_cmpgt_epi32(_mm256_setzero_si256(), from));
+}
+
+// lorenzo2d_rows for rows of at least 8 elements, eight at a time (the upper row is
+// complete, and at least 8 back, before a group reads it). Along a stretch of a row, q is
+// the running sum of e = up - up_left + residual, restarted at 0 after each uncoded
+// element: the sum S over the group minus the latest S at an uncoded element (or minus
+// the stretch's running q before the group), spread forward in three doubling steps.
+// (The masked loop is compiled for the unmasked case too, where it is dead code.)
+template <bool kAllCoded>
 ACTZIP_TARGET_AVX2 void lorenzo2d_rows_avx2(const uint32_t* u, uint32_t n, uint32_t row, uint32_t col0, int32_t* q) {
-  const __m256i not_first = _mm256_setr_epi32(0, -1, -1, -1, -1, -1, -1, -1);
+  const __m256i not_first = _mm256_setr_epi32(0, -1, -1, -1, -1, -1, -1, -1), zero = _mm256_setzero_si256();
+  const __m256i uncoded_value = _mm256_set1_epi32(-1), first = _mm256_setr_epi32(-1, 0, 0, 0, 0, 0, 0, 0);
   uint32_t i = 0, col = col0;
   while (i < n) {
     const uint32_t end = std::min<uint32_t>(n, i + (row - col));
-    __m256i carry = _mm256_setzero_si256();
+    __m256i carry = zero;  // q of the element before the group, in every lane
     __m256i keep_up_left = not_first;  // the stretch's first element has no upper-left neighbour
     uint32_t j = i;
     for (; j + 8 <= end; j += 8) {
-      const __m256i d = unzigzag8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(u + j)));
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(u + j));
       const __m256i up = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + int64_t(j) - row));
       const __m256i up_left = _mm256_and_si256(
           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + int64_t(j) - row - 1)), keep_up_left);
-      const __m256i x = prefix_sum8(_mm256_add_epi32(_mm256_sub_epi32(up, up_left), d), carry);
+      const __m256i e = _mm256_add_epi32(_mm256_sub_epi32(up, up_left), unzigzag8(v));
+      __m256i x;
+      if (kAllCoded) {
+        x = prefix_sum8(e, carry);
+      } else {
+        const __m256i uncoded = _mm256_cmpeq_epi32(v, uncoded_value);
+        const __m256i sum = prefix_sum8(_mm256_andnot_si256(uncoded, e), zero);
+        // Lane 0 starts from the element before the group unless it is uncoded itself; the
+        // doubling steps then reach every lane from lane 0 or a nearer uncoded one.
+        const __m256i before = _mm256_sub_epi32(zero, carry);  // so that sum - base = sum + carry
+        const __m256i start_before = _mm256_andnot_si256(uncoded, first);
+        __m256i base = _mm256_blendv_epi8(_mm256_and_si256(sum, uncoded), before, start_before);
+        __m256i have = _mm256_or_si256(uncoded, first);
+        for (int by : {1, 2, 4}) {
+          const __m256i moved = lanes_up(base, by, before), moved_have = lanes_up(have, by, uncoded_value);
+          base = _mm256_blendv_epi8(moved, base, have);
+          have = _mm256_or_si256(have, moved_have);
+        }
+        x = _mm256_sub_epi32(sum, base);
+      }
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + j), x);
       carry = last_lane(x);
       keep_up_left = _mm256_set1_epi32(-1);
     }
     uint32_t left = uint32_t(_mm256_extract_epi32(carry, 0));
     for (; j < end; ++j) {
+      const uint32_t value = u[j];
       const uint32_t up_left = j == i ? 0u : uint32_t(q[int64_t(j) - row - 1]);
-      left += uint32_t(q[int64_t(j) - row]) - up_left + unzigzag_bits(u[j]);
+      const uint32_t qv = left + (uint32_t(q[int64_t(j) - row]) - up_left + unzigzag_bits(value));
+      left = kAllCoded || value != kUncodedValue ? qv : 0u;
       q[j] = int32_t(left);
     }
     i = end;
@@ -782,8 +816,10 @@ ACTZIP_MULTIVERSION uint32_t lorenzo2d_out_of_range(const int32_t* q, uint32_t n
 bool lorenzo2d_inverse(const uint32_t* u, uint32_t n, uint32_t row, uint32_t col0, bool all_coded, int32_t* q) {
   for (uint32_t j = 1; j <= row + 1; ++j) q[-int64_t(j)] = 0;  // neighbours outside the chunk
 #if ACTZIP_AVX2_PASSES
-  if (all_coded && row >= 8 && avx2_passes) lorenzo2d_rows_avx2(u, n, row, col0, q);
-  else
+  if (row >= 8 && avx2_passes) {
+    if (all_coded) lorenzo2d_rows_avx2<true>(u, n, row, col0, q);
+    else lorenzo2d_rows_avx2<false>(u, n, row, col0, q);
+  } else
 #endif
   if (all_coded) lorenzo2d_rows<true>(u, n, row, col0, q);
   else lorenzo2d_rows<false>(u, n, row, col0, q);
