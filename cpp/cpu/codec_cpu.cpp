@@ -121,20 +121,20 @@ struct ChunkPlan {
 };
 
 // Classification is the hot loop of sampling: each dtype gets a function of its own,
-// cloned for AVX2 where the platform can dispatch on it (ACTZIP_MULTIVERSION, passes.h).
+// cloned for AVX-512 and AVX2 where the platform can dispatch on them (passes.h).
 
 template <int kDT, class T>
 inline void classify_loop(const T* __restrict x, uint32_t n, const Quantizer& quantizer, int32_t* __restrict codes) {
   const Quantizer qz = quantizer;  // a local copy: no aliasing with codes
   for (uint32_t i = 0; i < n; ++i) codes[i] = classify_code<kDT>(load_elem<kDT>(x, i), qz);
 }
-ACTZIP_MULTIVERSION void classify_f32(const float* x, uint32_t n, const Quantizer& qz, int32_t* codes) {
+ACTZIP_MULTIVERSION_WIDE void classify_f32(const float* x, uint32_t n, const Quantizer& qz, int32_t* codes) {
   classify_loop<1>(x, n, qz, codes);
 }
-ACTZIP_MULTIVERSION void classify_f16(const uint16_t* x, uint32_t n, const Quantizer& qz, int32_t* codes) {
+ACTZIP_MULTIVERSION_WIDE void classify_f16(const uint16_t* x, uint32_t n, const Quantizer& qz, int32_t* codes) {
   classify_loop<2>(x, n, qz, codes);
 }
-ACTZIP_MULTIVERSION void classify_bf16(const uint16_t* x, uint32_t n, const Quantizer& qz, int32_t* codes) {
+ACTZIP_MULTIVERSION_WIDE void classify_bf16(const uint16_t* x, uint32_t n, const Quantizer& qz, int32_t* codes) {
   classify_loop<3>(x, n, qz, codes);
 }
 
@@ -663,11 +663,24 @@ struct Decoders {
   }
 };
 
-// Set bits of a byte (without POPCNT, __builtin_popcount is a library call).
-inline uint32_t popcount_byte(uint32_t b) {
-  b = b - ((b >> 1) & 0x55u);
-  b = (b & 0x33u) + ((b >> 2) & 0x33u);
-  return (b + (b >> 4)) & 0x0Fu;
+// Set bits of n bytes (without POPCNT, __builtin_popcount is a library call).
+inline uint32_t popcount_bytes(const uint8_t* p, uint32_t n) {
+  uint32_t total = 0, i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w;
+    std::memcpy(&w, p + i, 8);
+    w = w - ((w >> 1) & 0x5555555555555555ull);
+    w = (w & 0x3333333333333333ull) + ((w >> 2) & 0x3333333333333333ull);
+    w = (w + (w >> 4)) & 0x0F0F0F0F0F0F0F0Full;
+    total += uint32_t((w * 0x0101010101010101ull) >> 56);
+  }
+  for (; i < n; ++i) {
+    uint32_t b = p[i];
+    b = b - ((b >> 1) & 0x55u);
+    b = (b & 0x33u) + ((b >> 2) & 0x33u);
+    total += (b + (b >> 4)) & 0x0Fu;
+  }
+  return total;
 }
 
 // Consumed bits must fill the section exactly up to its zero padding.
@@ -744,21 +757,30 @@ Status decode_chunk(const uint8_t* payload, const Header& h, const Decoders& dec
     if (h.mask_lengths.empty()) return format_error("chunk %u has a mask but the stream has no mask codebook", c);
     BitReader r(body, body + ch.mask_bytes);
     const uint16_t* table = dec.mask.table.data();
-    uint64_t consumed = 0;
-    coded = 0;
-    bool bad = false;
-    for (uint32_t j = 0; j < mask_len; ++j) {
-      if (r.available() < kMaxCodeLen) r.refill();
-      const uint16_t e = table[r.peek() & (kDecodeTableSize - 1)];
-      const int l = e >> 12;
-      bad |= l == 0;
+    uint32_t bad = 0;
+    auto step = [&](uint32_t j) {
+      const uint32_t e = table[r.peek() & (kDecodeTableSize - 1)];
+      const uint32_t l = e >> 12;
+      bad |= uint32_t(l == 0);
       r.consume(l);
-      consumed += uint64_t(l);
-      mask[j] = uint8_t(e & 0xFFF);
-      coded += popcount_byte(mask[j]);
+      mask[j] = uint8_t(e);
+    };
+    uint32_t j = 0;
+    for (; j + 4 <= mask_len; j += 4) {
+      r.refill();  // at least 56 bits: four codes of at most 12
+      step(j);
+      step(j + 1);
+      step(j + 2);
+      step(j + 3);
+    }
+    for (; j < mask_len; ++j) {
+      r.refill();
+      step(j);
     }
     if (bad) return format_error("chunk %u: invalid mask code", c);
-    if (!section_fits(r, ch.mask_bytes, consumed)) return format_error("chunk %u: mask section length mismatch", c);
+    if (!section_fits(r, ch.mask_bytes, r.consumed_bits()))
+      return format_error("chunk %u: mask section length mismatch", c);
+    coded = popcount_bytes(mask, mask_len);
     if ((elems & 7) && (mask[mask_len - 1] >> (elems & 7)) != 0)
       return format_error("chunk %u: mask bits set past the last element", c);
     if (ch.outliers > elems - coded) return format_error("chunk %u: more outliers than uncoded elements", c);
