@@ -90,7 +90,7 @@ class FastBitWriter {
 // them, so a hostile stream can never make it read outside the section; overran() tells.
 class BitReader {
  public:
-  BitReader(const uint8_t* begin, const uint8_t* end) : p_(begin), end_(end) {}
+  BitReader(const uint8_t* begin, const uint8_t* end) : begin_(begin), p_(begin), end_(end) {}
 
   // Ensures at least 56 bits are buffered.
   void refill() {
@@ -111,9 +111,17 @@ class BitReader {
       fill_ += 8;
     }
   }
+  // refill() for a reader with at least 8 bytes left (bytes_left() >= 8); advances at most 7.
+  void refill_unchecked() {
+    buf_ |= load_le64(p_) << fill_;
+    p_ += (63 - fill_) >> 3;
+    fill_ |= 56;
+  }
+  uint64_t bytes_left() const { return uint64_t(end_ - p_); }
   uint64_t peek() const { return buf_; }
-  int available() const { return fill_; }
-  void consume(int nbits) {
+  int available() const { return int(fill_); }
+  void consume(int nbits) { consume(uint32_t(nbits)); }
+  void consume(uint32_t nbits) {
     buf_ >>= nbits;
     fill_ -= nbits;
   }
@@ -123,13 +131,17 @@ class BitReader {
     return v;
   }
   // True when the bits consumed so far run past the end of the section.
-  bool overran() const { return uint64_t(virtual_bytes_) * 8 > uint64_t(fill_); }
+  bool overran() const { return uint64_t(virtual_bytes_) * 8 > fill_; }
+  // Bits consumed since construction (the supplied zero bits past the end included), so
+  // that hot loops need not count them.
+  uint64_t consumed_bits() const { return (uint64_t(p_ - begin_) + virtual_bytes_) * 8 - fill_; }
 
  private:
+  const uint8_t* begin_;
   const uint8_t* p_;
   const uint8_t* end_;
   uint64_t buf_ = 0;
-  int fill_ = 0;
+  uint64_t fill_ = 0;  // unsigned and full width: no sign extension in the hot loops
   uint64_t virtual_bytes_ = 0;
 };
 

@@ -22,6 +22,7 @@
 #include "codec/huffman.h"
 #include "codec/plan.h"
 
+#include "cpu/passes.h"
 #include "cpu/thread_pool.h"
 
 namespace actzip {
@@ -86,26 +87,21 @@ struct ChunkPlan {
   uint8_t kind = kChunkZero;
 };
 
-// Classification is the hot loop of compression: each dtype gets a function of its own,
-// cloned for AVX2 where the platform can dispatch on it at load time.
-#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(__clang__)
-#define ACTZIP_MULTIVERSION __attribute__((target_clones("avx2", "default")))
-#else
-#define ACTZIP_MULTIVERSION
-#endif
+// Classification is the hot loop of sampling: each dtype gets a function of its own,
+// cloned for AVX-512 and AVX2 where the platform can dispatch on them (passes.h).
 
 template <int kDT, class T>
 inline void classify_loop(const T* __restrict x, uint32_t n, const Quantizer& quantizer, int32_t* __restrict codes) {
   const Quantizer qz = quantizer;  // a local copy: no aliasing with codes
   for (uint32_t i = 0; i < n; ++i) codes[i] = classify_code<kDT>(load_elem<kDT>(x, i), qz);
 }
-ACTZIP_MULTIVERSION void classify_f32(const float* x, uint32_t n, const Quantizer& qz, int32_t* codes) {
+ACTZIP_MULTIVERSION_WIDE void classify_f32(const float* x, uint32_t n, const Quantizer& qz, int32_t* codes) {
   classify_loop<1>(x, n, qz, codes);
 }
-ACTZIP_MULTIVERSION void classify_f16(const uint16_t* x, uint32_t n, const Quantizer& qz, int32_t* codes) {
+ACTZIP_MULTIVERSION_WIDE void classify_f16(const uint16_t* x, uint32_t n, const Quantizer& qz, int32_t* codes) {
   classify_loop<2>(x, n, qz, codes);
 }
-ACTZIP_MULTIVERSION void classify_bf16(const uint16_t* x, uint32_t n, const Quantizer& qz, int32_t* codes) {
+ACTZIP_MULTIVERSION_WIDE void classify_bf16(const uint16_t* x, uint32_t n, const Quantizer& qz, int32_t* codes) {
   classify_loop<3>(x, n, qz, codes);
 }
 
@@ -118,11 +114,14 @@ void classify_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const Q
 
 
 
+// The zeros before a chunk's q grid: the 2-D predictor reads up to kMax2DRow + 1 elements back.
+inline constexpr uint32_t kGridPad = pad8(kMax2DRow + 1);
+
 // Thread-local scratch of the main pass (8 bytes of slack for FastBitWriter).
 struct Scratch {
   std::vector<int32_t> codes = std::vector<int32_t>(kChunkElems);
   std::vector<uint32_t> u = std::vector<uint32_t>(kChunkElems);
-  std::vector<int32_t> grid = std::vector<int32_t>(kChunkElems);
+  std::vector<int32_t> grid = std::vector<int32_t>(kGridPad + kChunkElems);  // q, after kGridPad zeros
   std::vector<uint8_t> sign = std::vector<uint8_t>(kChunkElems / 8 + 16);
   std::vector<uint16_t> outlier_pos = std::vector<uint16_t>(kChunkElems + 1);
   std::vector<uint8_t> mask_bytes = std::vector<uint8_t>(kChunkElems / 8);
@@ -135,100 +134,54 @@ struct Books {
   uint32_t row = 0;  // the 2-D predictor's row length (0: not used)
   HuffmanEncoder mask, code;
   std::vector<uint32_t> code_len;  // code symbols' bit-reversed code | length << 16
+  std::vector<uint32_t> small;     // the codes of values below kSmallValues (passes.h)
 
   void pack() {
     code_len.resize(code.len.size());
-    for (size_t s = 0; s < code_len.size(); ++s) code_len[s] = code.code[s] | (uint32_t(code.len[s]) << 16);
+    small.resize(kSmallValues);
+    build_code_tables(code, k, code_len.data(), small.data());
   }
 };
 
-// Encodes one chunk (whose codes are classified) into cp->bytes.
+// Classifies and encodes one chunk into cp->bytes.
 template <int kDT>
-Status encode_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const Books& books, Scratch& sc,
-                    ChunkPlan* cp) {
+Status encode_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const Quantizer& qz, const Books& books,
+                    Scratch& sc, ChunkPlan* cp) {
   const size_t es = kDT == 1 ? 4 : 2;
-  const int32_t* codes = sc.codes.data();
+  int32_t* codes = sc.codes.data();
+  int32_t* q = sc.grid.data() + kGridPad;  // preceded by zeros: the 2-D predictor's outside neighbours
   uint32_t* u = sc.u.data();
   uint16_t* outlier_pos = sc.outlier_pos.data();
   uint8_t* mask_bytes = sc.mask_bytes.data();
+  // Both Lorenzo predictors work on q; the other codes the codes themselves.
+  const bool on_q = cp->predictor != 0;
+  int32_t* q_out = on_q ? q : nullptr;
+  if constexpr (kDT == 1) classify_codes_f32(reinterpret_cast<const float*>(data) + begin, elems, qz, codes, q_out);
+  else if constexpr (kDT == 2) classify_codes_f16(reinterpret_cast<const uint16_t*>(data) + begin, elems, qz, codes, q_out);
+  else classify_codes_bf16(reinterpret_cast<const uint16_t*>(data) + begin, elems, qz, codes, q_out);
   uint32_t zeros = 0, outliers = 0;
-  for (uint32_t i = 0; i < elems; ++i) {  // vectorizes
-    zeros += codes[i] == 0;
-    outliers += codes[i] == kOutlierCode;
-  }
+  count_classes(codes, elems, &zeros, &outliers);
   uint32_t coded = elems - zeros - outliers;
-  // The sign stream: one bit (1 = negative) for each coded element whose q is 0, in order;
-  // only the predictors that work on q need it.
-  FastBitWriter sign_w(sc.sign.data());
-  auto put_sign = [&](int32_t c) {
-    if (c == 1 || c == -1) sign_w.put(uint64_t(c < 0), 1);
-  };
-  if (coded == elems) {
-    // Every element coded (the common case of dense tensors): no mask, no compaction.
-    if (cp->predictor == kChunkLorenzo) {
-      int32_t prev = 0;
-      for (uint32_t i = 0; i < elems; ++i) {
-        const int32_t q = code_to_q(codes[i]);
-        u[i] = zigzag(q - prev);
-        prev = q;
-      }
-      for (uint32_t i = 0; i < elems; ++i) put_sign(codes[i]);
-    } else if (cp->predictor == kChunkLorenzo2D) {
-      int32_t* grid = sc.grid.data();
-      for (uint32_t i = 0; i < elems; ++i) grid[i] = code_to_q(codes[i]);
-      uint32_t col = uint32_t(begin % books.row);
-      for (uint32_t i = 0; i < elems; ++i) {
-        u[i] = zigzag(grid[i] - lorenzo2d_predict(grid, i, col, books.row));
-        if (++col == books.row) col = 0;
-      }
-      for (uint32_t i = 0; i < elems; ++i) put_sign(codes[i]);
-    } else {
-      for (uint32_t i = 0; i < elems; ++i) u[i] = code_to_u(codes[i]);
-    }
-  } else if (zeros != elems) {
-    // Compaction: the coded elements' codes in order, the outliers' positions, the mask.
-    coded = outliers = 0;
-    for (uint32_t i0 = 0; i0 < elems; i0 += 8) {
-      const uint32_t n = std::min<uint32_t>(8, elems - i0);
-      uint32_t m = 0;
-      for (uint32_t b = 0; b < n; ++b) {
-        const int32_t c = codes[i0 + b];
-        const uint32_t is_coded = (c != 0) & (c != kOutlierCode);
-        u[coded] = uint32_t(c);
-        coded += is_coded;
-        outlier_pos[outliers] = uint16_t(i0 + b);
-        outliers += c == kOutlierCode;
-        m |= is_coded << b;
-      }
-      mask_bytes[i0 / 8] = uint8_t(m);
-    }
-    // Prediction, in place: u[t] becomes the value to code.
+  const bool has_mask = coded != elems;
+  uint64_t sign_len = 0;
+  if (zeros != elems) {
+    // u: the values to code, one per coded element, in order; the mask and the outliers'
+    // positions where not every element is coded.
     if (cp->predictor == kChunkLorenzo2D) {
-      int32_t* grid = sc.grid.data();  // q on the chunk's grid, 0 for zeros and outliers
-      for (uint32_t i = 0; i < elems; ++i) grid[i] = codes[i] == kOutlierCode ? 0 : code_to_q(codes[i]);
-      uint32_t col = uint32_t(begin % books.row);
-      for (uint32_t i = 0, t = 0; i < elems; ++i) {
-        const int32_t c = codes[i];
-        if (c != 0 && c != kOutlierCode) {
-          u[t++] = zigzag(grid[i] - lorenzo2d_predict(grid, i, col, books.row));
-          put_sign(c);
-        }
-        if (++col == books.row) col = 0;
-      }
+      lorenzo2d_residuals(q, elems, books.row, uint32_t(begin % books.row), u);
+      if (has_mask) compact_coded(codes, elems, u, mask_bytes);
     } else if (cp->predictor == kChunkLorenzo) {
-      int32_t prev = 0;
-      for (uint32_t t = 0; t < coded; ++t) {
-        const int32_t c = int32_t(u[t]);
-        const int32_t q = code_to_q(c);
-        u[t] = zigzag(q - prev);
-        prev = q;
-        put_sign(c);
-      }
+      if (has_mask) compact_coded(codes, elems, reinterpret_cast<uint32_t*>(q), mask_bytes);
+      lorenzo1d_residuals(q, coded, u);
     } else {
-      for (uint32_t t = 0; t < coded; ++t) u[t] = code_to_u(int32_t(u[t]));
+      codes_to_u(codes, elems, u);
+      if (has_mask) compact_coded(codes, elems, u, mask_bytes);
     }
+    if (outliers) outlier_positions(codes, elems, outlier_pos);
+    // The sign stream: one bit (1 = negative) for each coded element whose q is 0, in
+    // order; only the predictors that work on q need it.
+    if (on_q) sign_len = pad8(write_sign_stream(codes, elems, sc.sign.data()));
   }
-  const uint64_t sign_len = pad8(sign_w.flush());
   cp->zeros = zeros;
   cp->outliers = outliers;
   cp->coded = coded;
@@ -240,37 +193,14 @@ Status encode_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const B
   } else {
     ch.kind = kChunkCoded;
     ch.outliers = outliers;
-    const bool has_mask = coded != elems;
     ch.flags = uint8_t((has_mask ? kChunkHasMask : 0) | cp->predictor);
-    const int k = books.k;
-    const uint32_t direct = 1u << k;
-    const uint32_t* sym_bits = books.code_len.data();
-    // Coded element t goes to lane t % kCodeLanes, so a decoder follows the lanes at once.
-    FastBitWriter w0(sc.code.data()), w1(sc.code.data() + kLaneStride), w2(sc.code.data() + 2 * kLaneStride),
-        w3(sc.code.data() + 3 * kLaneStride);
-    auto put = [&](FastBitWriter& w, uint32_t v) {
-      const int b = floor_log2(v | 1u);
-      const bool is_class = v >= direct;
-      const uint32_t sym = is_class ? direct + uint32_t(b - k) : v;
-      const int eb = is_class ? b : 0;
-      const uint64_t extra = is_class ? uint64_t(v - (1u << b)) : 0;
-      const uint32_t cl = sym_bits[sym];  // code | length << 16
-      const int len = int(cl >> 16);
-      w.put(uint64_t(cl & 0xFFFFu) | (extra << len), len + eb);
-    };
-    uint32_t t = 0;
-    for (; t + kCodeLanes <= coded; t += kCodeLanes) {  // the writers stay in registers
-      put(w0, u[t]);
-      put(w1, u[t + 1]);
-      put(w2, u[t + 2]);
-      put(w3, u[t + 3]);
-    }
-    FastBitWriter* lane_w[kCodeLanes] = {&w0, &w1, &w2, &w3};
-    for (; t < coded; ++t) put(*lane_w[t % kCodeLanes], u[t]);
     if (coded > 0) {
+      // Coded element t goes to lane t % kCodeLanes, so a decoder follows the lanes at once.
+      huffman_encode_lanes(u, coded, books.small.data(), books.code_len.data(), books.k, sc.code.data(), kLaneStride,
+                           lane_bytes);
       code_len = kLaneTableBytes + sign_len;
       for (uint32_t l = 0; l < kCodeLanes; ++l) {
-        lane_bytes[l] = pad8(lane_w[l]->flush());
+        lane_bytes[l] = pad8(lane_bytes[l]);
         code_len += lane_bytes[l];
       }
     }
@@ -323,10 +253,11 @@ inline void range_loop(const T* __restrict x, uint32_t n, int32_t* lo, int32_t* 
   int32_t mn = INT32_MAX, mx = INT32_MIN;
   for (uint32_t i = 0; i < n; ++i) {
     const float v = load_elem<kDT>(x, i);
-    const bool finite = (f32_bits(v) & 0x7F800000u) != 0x7F800000u;
+    // Selects written as masks: GCC turns the ternaries into a branch, which does not vectorize.
+    const int32_t finite = -int32_t((f32_bits(v) & 0x7F800000u) != 0x7F800000u);
     const int32_t key = order_key(v);
-    mn = std::min(mn, finite ? key : INT32_MAX);
-    mx = std::max(mx, finite ? key : INT32_MIN);
+    mn = std::min(mn, (key & finite) | (INT32_MAX & ~finite));
+    mx = std::max(mx, (key & finite) | (INT32_MIN & ~finite));
   }
   *lo = mn;
   *hi = mx;
@@ -473,8 +404,7 @@ Status plan_compress(const void* data, DType dtype, const std::vector<uint64_t>&
     const uint32_t elems = chunk_elem_count(numel, c);
     const uint64_t begin = uint64_t(c) * kChunkElems;
     return dispatch_dtype(dtype, [&](auto dt) {
-      classify_chunk<decltype(dt)::value>(bytes, begin, elems, qz, scratch.codes.data());
-      return encode_chunk<decltype(dt)::value>(bytes, begin, elems, books, scratch, &impl->chunks[c]);
+      return encode_chunk<decltype(dt)::value>(bytes, begin, elems, qz, books, scratch, &impl->chunks[c]);
     });
   });
   if (!s.ok()) return s;
@@ -563,27 +493,42 @@ Status check_payload_crc(const uint8_t* s, const Header& h) {
 
 struct Decoders {
   HuffmanDecoder mask, code;
-  // The code table widened so one lookup gives everything about the next symbol:
-  // symbol (bits 0-11), code length (12-15), extra bits (16-20), code length plus extra
-  // bits (21-26), a class flag (27) and an invalid-code flag (28).
-  std::vector<uint32_t> code_wide;
+  std::vector<uint32_t> code_wide;   // one value a lookup (build_value_table, passes.h)
+  std::vector<uint32_t> code_pairs;  // two values a lookup where they fit (passes.h)
+  uint32_t pair_share = 0;           // entries of code_pairs with two values
+
+  // Two values a lookup pays where they come often enough: measured, the pair loop wins
+  // from about 45% of lookups up and loses below (its lanes drift and it stores twice).
+  bool use_pairs() const { return pair_share >= kDecodeTableSize * 9 / 20; }
 
   void widen(int k) {
-    const uint32_t direct = 1u << k;
     code_wide.assign(kDecodeTableSize, 0);
-    for (uint32_t j = 0; j < kDecodeTableSize && !code.table.empty(); ++j) {
-      const uint32_t e = code.table[j];
-      const uint32_t len = e >> 12, sym = e & 0xFFFu;
-      if (len == 0) {
-        code_wide[j] = 1u << 28;
-        continue;
-      }
-      const bool is_class = sym >= direct;
-      const uint32_t eb = is_class ? sym - direct + uint32_t(k) : 0;
-      code_wide[j] = sym | (len << 12) | (eb << 16) | ((len + eb) << 21) | (uint32_t(is_class) << 27);
-    }
+    code_pairs.assign(kDecodeTableSize, 0);
+    if (code.table.empty()) return;
+    build_value_table(code, k, code_wide.data());
+    pair_share = build_pair_table(code_wide.data(), code_pairs.data());
   }
 };
+
+// Set bits of n bytes (without POPCNT, __builtin_popcount is a library call).
+inline uint32_t popcount_bytes(const uint8_t* p, uint32_t n) {
+  uint32_t total = 0, i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w;
+    std::memcpy(&w, p + i, 8);
+    w = w - ((w >> 1) & 0x5555555555555555ull);
+    w = (w & 0x3333333333333333ull) + ((w >> 2) & 0x3333333333333333ull);
+    w = (w + (w >> 4)) & 0x0F0F0F0F0F0F0F0Full;
+    total += uint32_t((w * 0x0101010101010101ull) >> 56);
+  }
+  for (; i < n; ++i) {
+    uint32_t b = p[i];
+    b = b - ((b >> 1) & 0x55u);
+    b = (b & 0x33u) + ((b >> 2) & 0x33u);
+    total += (b + (b >> 4)) & 0x0Fu;
+  }
+  return total;
+}
 
 // Consumed bits must fill the section exactly up to its zero padding.
 bool section_fits(const BitReader& r, uint32_t section_bytes, uint64_t consumed_bits) {
@@ -592,33 +537,40 @@ bool section_fits(const BitReader& r, uint32_t section_bytes, uint64_t consumed_
 
 // Per-thread scratch of the decoder.
 struct DecodeScratch {
-  std::vector<uint32_t> u = std::vector<uint32_t>(kChunkElems);
-  std::vector<uint32_t> values = std::vector<uint32_t>(kChunkElems);  // storage bits
-  std::vector<int32_t> grid = std::vector<int32_t>(kChunkElems);
+  // The coded elements' values (8 elements of slack: expand_coded reads 8 at a time).
+  std::vector<uint32_t> u = std::vector<uint32_t>(kChunkElems + 8);
+  std::vector<uint32_t> w = std::vector<uint32_t>(kChunkElems);     // per element (passes.h)
+  std::vector<int32_t> grid = std::vector<int32_t>(kGridPad + kChunkElems);  // q, after kGridPad elements
 };
 
-// The storage bits of a reconstruction in the stream's dtype.
-template <int kDT>
-inline uint32_t storage_bits(float v) {
-  if constexpr (kDT == 1) return f32_bits(v);
-  else if constexpr (kDT == 2) return f32_to_f16(v);
-  else return f32_to_bf16(v);
-}
-
-// Writes the values of the coded elements to their places and zeros elsewhere.
-template <class T>
-void scatter(const uint32_t* __restrict values, const uint8_t* __restrict mask, bool has_mask, uint32_t elems,
-             T* __restrict out) {
-  if (!has_mask) {
-    for (uint32_t i = 0; i < elems; ++i) out[i] = T(values[i]);
-    return;
+// The 2-D Lorenzo inverse element by element, as docs/FORMAT.md defines it (clamped
+// predictions, out-of-range q replaced): for the chunks lorenzo2d_inverse() declines. Leaves
+// the coded elements' w compacted in u; returns false for an invalid code.
+bool lorenzo2d_exact(uint32_t* u, const uint8_t* mask, bool has_mask, uint32_t elems, uint32_t row, uint32_t col0,
+                     int32_t* grid, BitReader& signs, uint64_t* sign_used) {
+  uint32_t bad = 0;
+  uint32_t col = col0;
+  for (uint32_t i = 0, t = 0; i < elems; ++i) {
+    const bool is_coded = !has_mask || ((mask[i >> 3] >> (i & 7)) & 1u);
+    int32_t q = 0;
+    if (is_coded) {
+      const int64_t qw = int64_t(lorenzo2d_predict(grid, i, col, row)) + unzigzag(u[t]);
+      const uint32_t invalid = (qw > kMaxQ) | (qw < -kMaxQ);
+      bad |= invalid;
+      bool negative = false;
+      if (!invalid && qw == 0) {
+        if (signs.available() < 1) signs.refill();
+        negative = signs.take(1) != 0;
+        ++*sign_used;
+      }
+      const int32_t cv = invalid ? 1 : q_to_code(int32_t(qw), negative);
+      q = code_to_q(cv);  // an invalid q was replaced: keep the grid in range
+      u[t++] = code_to_u(cv);
+    }
+    grid[i] = q;
+    if (++col == row) col = 0;
   }
-  uint32_t t = 0;
-  for (uint32_t i = 0; i < elems; ++i) {
-    const uint32_t bit = (mask[i >> 3] >> (i & 7)) & 1u;
-    out[i] = T(values[t] & (0u - bit));
-    t += bit;
-  }
+  return bad == 0;
 }
 
 template <int kDT>
@@ -652,21 +604,30 @@ Status decode_chunk(const uint8_t* payload, const Header& h, const Decoders& dec
     if (h.mask_lengths.empty()) return format_error("chunk %u has a mask but the stream has no mask codebook", c);
     BitReader r(body, body + ch.mask_bytes);
     const uint16_t* table = dec.mask.table.data();
-    uint64_t consumed = 0;
-    coded = 0;
-    bool bad = false;
-    for (uint32_t j = 0; j < mask_len; ++j) {
-      if (r.available() < kMaxCodeLen) r.refill();
-      const uint16_t e = table[r.peek() & (kDecodeTableSize - 1)];
-      const int l = e >> 12;
-      bad |= l == 0;
+    uint32_t bad = 0;
+    auto step = [&](uint32_t j) {
+      const uint32_t e = table[r.peek() & (kDecodeTableSize - 1)];
+      const uint32_t l = e >> 12;
+      bad |= uint32_t(l == 0);
       r.consume(l);
-      consumed += uint64_t(l);
-      mask[j] = uint8_t(e & 0xFFF);
-      coded += uint32_t(__builtin_popcount(mask[j]));
+      mask[j] = uint8_t(e);
+    };
+    uint32_t j = 0;
+    for (; j + 4 <= mask_len; j += 4) {
+      r.refill();  // at least 56 bits: four codes of at most 12
+      step(j);
+      step(j + 1);
+      step(j + 2);
+      step(j + 3);
+    }
+    for (; j < mask_len; ++j) {
+      r.refill();
+      step(j);
     }
     if (bad) return format_error("chunk %u: invalid mask code", c);
-    if (!section_fits(r, ch.mask_bytes, consumed)) return format_error("chunk %u: mask section length mismatch", c);
+    if (!section_fits(r, ch.mask_bytes, r.consumed_bits()))
+      return format_error("chunk %u: mask section length mismatch", c);
+    coded = popcount_bytes(mask, mask_len);
     if ((elems & 7) && (mask[mask_len - 1] >> (elems & 7)) != 0)
       return format_error("chunk %u: mask bits set past the last element", c);
     if (ch.outliers > elems - coded) return format_error("chunk %u: more outliers than uncoded elements", c);
@@ -676,7 +637,6 @@ Status decode_chunk(const uint8_t* payload, const Header& h, const Decoders& dec
   uint32_t* u = sc.u.data();
   uint32_t sign_bytes = 0;
   const uint8_t* sign_stream = nullptr;
-  uint32_t* values = sc.values.data();
   // Entropy decoding: the values of the coded elements, in order.
   {
     const uint32_t* table = dec.code_wide.data();
@@ -705,91 +665,60 @@ Status decode_chunk(const uint8_t* payload, const Header& h, const Decoders& dec
           BitReader(lanes + kLaneTableBytes + lane_bytes[0] + lane_bytes[1],
                     lanes + kLaneTableBytes + lane_bytes[0] + lane_bytes[1] + lane_bytes[2]),
           BitReader(lanes + kLaneTableBytes + lane_bytes[0] + lane_bytes[1] + lane_bytes[2], lanes + ch.code_bytes)};
-      uint64_t consumed[kCodeLanes] = {0};
-      uint32_t bad = 0;
-      auto step = [&](BitReader& rd, uint64_t& used, uint32_t t) {
-        rd.refill();
-        const uint64_t bits = rd.peek();
-        const uint32_t e = table[bits & (kDecodeTableSize - 1)];
-        const uint32_t len = (e >> 12) & 15u, eb = (e >> 16) & 31u, total = (e >> 21) & 63u;
-        rd.consume(int(total));
-        const uint32_t extra = uint32_t(bits >> len) & ((1u << eb) - 1u);
-        u[t] = (e & (1u << 27)) ? (1u << eb) + extra : (e & 0xFFFu);
-        used += total;
-        bad |= e >> 28;
-      };
-      uint32_t t = 0;
-      for (; t + kCodeLanes <= coded; t += kCodeLanes) {  // four independent chains
-        step(r[0], consumed[0], t);
-        step(r[1], consumed[1], t + 1);
-        step(r[2], consumed[2], t + 2);
-        step(r[3], consumed[3], t + 3);
-      }
-      for (; t < coded; ++t) step(r[t % kCodeLanes], consumed[t % kCodeLanes], t);
-      if (bad) return format_error("chunk %u: invalid code", c);
+      const bool valid = huffman_decode_lanes(table, dec.use_pairs() ? dec.code_pairs.data() : nullptr, r, coded, u);
+      if (!valid) return format_error("chunk %u: invalid code", c);
       for (uint32_t l = 0; l < kCodeLanes; ++l)
-        if (!section_fits(r[l], uint32_t(lane_bytes[l]), consumed[l]))
+        if (!section_fits(r[l], uint32_t(lane_bytes[l]), r[l].consumed_bits()))
           return format_error("chunk %u: code lane %u length mismatch", c, l);
     }
   }
-  // Codes and reconstructions.
+  // Prediction inverted: w (passes.h) of the coded elements, compacted (in u) or on the
+  // chunk grid (in sc.w, kUncodedValue where the mask is clear).
+  uint32_t* w = sc.w.data();
+  bool on_grid = false;
   {
-    const Quantizer qz = make_quantizer(h.error_bound, h.quant_step);
-    uint32_t bad = 0;
     // Both Lorenzo predictors work on q; a q of 0 takes its sign from the sign stream.
     BitReader signs(sign_stream, sign_stream + sign_bytes);
     uint64_t sign_used = 0;
-    auto to_code = [&](int32_t q) {
-      const uint32_t invalid = (q > kMaxQ) | (q < -kMaxQ);
-      bad |= invalid;
-      bool negative = false;
-      if (q == 0) {
-        if (signs.available() < 1) signs.refill();
-        negative = signs.take(1) != 0;
-        ++sign_used;
-      }
-      return invalid ? 1 : q_to_code(q, negative);
-    };
+    int32_t* q = sc.grid.data() + kGridPad;
     if (lorenzo2d) {
-      // q on the chunk's grid, in element order (0 for zeros and outliers).
       const uint64_t row64 = h.shape.empty() ? 1 : h.shape.back();
       if (row64 < 2 || row64 > kMax2DRow)
         return format_error("chunk %u: 2-D prediction over rows of %llu elements", c, (unsigned long long)row64);
       const uint32_t row = uint32_t(row64);
-      int32_t* grid = sc.grid.data();
-      uint32_t col = uint32_t(begin % row);
-      for (uint32_t i = 0, t = 0; i < elems; ++i) {
-        const bool is_coded = !has_mask || ((mask[i >> 3] >> (i & 7)) & 1u);
-        int32_t q = 0;
-        if (is_coded) {
-          q = lorenzo2d_predict(grid, i, col, row) + unzigzag(u[t]);
-          const int32_t cv = to_code(q);
-          q = code_to_q(cv);  // an invalid q was replaced: keep the grid in range
-          values[t++] = storage_bits<kDT>(reconstruct(cv, qz));
-        }
-        grid[i] = q;
-        if (++col == row) col = 0;
+      const uint32_t col0 = uint32_t(begin % row);
+      const uint32_t* grid_u = u;
+      if (has_mask) {
+        expand_coded(u, mask, elems, w);
+        grid_u = w;
+      }
+      if (lorenzo2d_inverse(grid_u, elems, row, col0, !has_mask, q)) {
+        sign_used = q_to_w(q, has_mask ? grid_u : nullptr, elems, signs, w);
+        on_grid = true;
+      } else {
+        // A q out of range or a clamped prediction: the per-element definition decides.
+        if (!lorenzo2d_exact(u, mask, has_mask, elems, row, col0, q - kGridPad, signs, &sign_used))
+          return format_error("chunk %u: invalid code", c);
       }
     } else if (lorenzo) {
-      int32_t prev = 0;
-      for (uint32_t t = 0; t < coded; ++t) {
-        const int32_t cv = to_code(prev + unzigzag(u[t]));
-        prev = code_to_q(cv);
-        values[t] = storage_bits<kDT>(reconstruct(cv, qz));
-      }
+      if (!lorenzo1d_inverse(u, coded, q)) return format_error("chunk %u: invalid code", c);
+      sign_used = q_to_w(q, nullptr, coded, signs, u);
     } else {
-      for (uint32_t t = 0; t < coded; ++t) {
-        const uint32_t v = u[t];
-        bad |= uint32_t(v > 2u * uint32_t(kMaxCode - 1) + 1u);
-        values[t] = storage_bits<kDT>(reconstruct(u_to_code(v < 2u * uint32_t(kMaxCode) ? v : 0u), qz));
-      }
+      if (any_invalid_u(u, coded)) return format_error("chunk %u: invalid code", c);
     }
-    if (bad) return format_error("chunk %u: invalid code", c);
     if (!section_fits(signs, sign_bytes, sign_used)) return format_error("chunk %u: sign stream length mismatch", c);
   }
-  // Scatter into the output: zeros where the mask is clear.
-  if constexpr (kDT == 1) scatter(values, mask, has_mask, elems, reinterpret_cast<uint32_t*>(dst));
-  else scatter(values, mask, has_mask, elems, reinterpret_cast<uint16_t*>(dst));
+  if (!on_grid) {
+    if (has_mask) expand_coded(u, mask, elems, w);
+    else w = u;
+  }
+  // Reconstructions in the stream's dtype, zeros where the mask is clear.
+  {
+    const float step = h.quant_step, quarter_step = make_quantizer(h.error_bound, h.quant_step).quarter_step;
+    if constexpr (kDT == 1) reconstruct_f32(w, elems, step, quarter_step, reinterpret_cast<uint32_t*>(dst));
+    else if constexpr (kDT == 2) reconstruct_f16(w, elems, step, quarter_step, reinterpret_cast<uint16_t*>(dst));
+    else reconstruct_bf16(w, elems, step, quarter_step, reinterpret_cast<uint16_t*>(dst));
+  }
   // Outliers: strictly increasing positions of uncoded elements, then their exact bits.
   const uint8_t* pos = body + ch.mask_bytes + ch.code_bytes;
   const uint8_t* val = pos + pad8(2 * uint64_t(ch.outliers));

@@ -1,0 +1,1005 @@
+// The whole-chunk passes of passes.h. Arithmetic that could overflow on hostile input is
+// done in uint32_t (wrapping, defined), and range checks are made on the wrapped values.
+#include "cpu/passes.h"
+
+#include "codec/format.h"
+#include "codec/huffman.h"
+
+#include <algorithm>
+#include <cstring>
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define ACTZIP_AVX2_PASSES 1
+#define ACTZIP_TARGET_AVX2 __attribute__((target("avx2,popcnt")))
+#endif
+
+namespace actzip {
+namespace detail {
+
+namespace {
+
+// Bit gathering and scattering over the set bits of a mask, four bits at a time (BMI2's
+// pext/pdep are slow on some x86-64 parts, and absent elsewhere).
+struct NibbleTables {
+  uint8_t count[16];        // set bits of a nibble
+  uint8_t gather[16][16];   // gather[m][v]: the bits of v at m's set bits, packed low
+  uint8_t scatter[16][16];  // scatter[m][v]: the low bits of v placed at m's set bits
+  NibbleTables() {
+    for (uint32_t m = 0; m < 16; ++m) {
+      count[m] = uint8_t(__builtin_popcount(m));
+      for (uint32_t v = 0; v < 16; ++v) {
+        uint32_t g = 0, sc = 0, k = 0;
+        for (uint32_t b = 0; b < 4; ++b) {
+          if (!((m >> b) & 1u)) continue;
+          g |= ((v >> b) & 1u) << k;
+          sc |= ((v >> k) & 1u) << b;
+          ++k;
+        }
+        gather[m][v] = uint8_t(g);
+        scatter[m][v] = uint8_t(sc);
+      }
+    }
+  }
+};
+const NibbleTables kNibbles;
+
+// The bits of `value` at the set bits of `mask`, packed low; *count gets their number.
+inline uint32_t gather_bits(uint32_t value, uint32_t mask, uint32_t* count) {
+  uint32_t out = 0, n = 0;
+  for (uint32_t s = 0; s < 32; s += 4) {
+    const uint32_t m = (mask >> s) & 15u;
+    out |= uint32_t(kNibbles.gather[m][(value >> s) & 15u]) << n;
+    n += kNibbles.count[m];
+  }
+  *count = n;
+  return out;
+}
+// The low bits of `value` placed at the set bits of `mask`, in order.
+inline uint32_t scatter_bits(uint32_t value, uint32_t mask) {
+  uint32_t out = 0;
+  for (uint32_t s = 0; s < 32; s += 4) {
+    const uint32_t m = (mask >> s) & 15u;
+    out |= uint32_t(kNibbles.scatter[m][value & 15u]) << s;
+    value >>= kNibbles.count[m];
+  }
+  return out;
+}
+
+#if ACTZIP_AVX2_PASSES
+bool cpu_has_avx2() {
+  static const bool yes = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
+  }();
+  return yes;
+}
+bool avx2_passes = cpu_has_avx2();  // cleared by force_portable_passes()
+
+// BMI2's shlx/shrx/bzhi take any register as the shift count, which relieves the bit
+// readers' and writers' register pressure.
+bool cpu_has_bmi2() {
+  static const bool yes = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2");
+  }();
+  return yes;
+}
+bool bmi2_passes = cpu_has_bmi2();
+#define ACTZIP_TARGET_BMI2 __attribute__((target("bmi,bmi2")))
+
+// Lane permutations of eight 32-bit values: compress[m] moves the lanes of m's set bits to
+// the front, in order; expand[m] does the inverse.
+struct PermuteTables {
+  alignas(32) uint32_t compress[256][8];
+  alignas(32) uint32_t expand[256][8];
+  PermuteTables() {
+    for (uint32_t m = 0; m < 256; ++m) {
+      uint32_t k = 0;
+      for (uint32_t b = 0; b < 8; ++b) {
+        compress[m][b] = 0;
+        expand[m][b] = 0;
+      }
+      for (uint32_t b = 0; b < 8; ++b)
+        if ((m >> b) & 1u) {
+          compress[m][k] = b;
+          expand[m][b] = k;
+          ++k;
+        }
+    }
+  }
+};
+const PermuteTables kPermute;
+
+// Eight lanes of ~0 where bit b of `byte` is set.
+ACTZIP_TARGET_AVX2 inline __m256i lanes_of_byte(uint32_t byte) {
+  const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  return _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(int(byte)), bit), bit);
+}
+ACTZIP_TARGET_AVX2 inline uint32_t movemask32(__m256i v) {
+  return uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(v)));
+}
+#endif
+
+// zigzag() and unzigzag() without branches or signed overflow.
+inline uint32_t zigzag_bits(int32_t d) { return (uint32_t(d) << 1) ^ uint32_t(d >> 31); }
+inline uint32_t unzigzag_bits(uint32_t u) { return (u >> 1) ^ (0u - (u & 1u)); }
+// True (1) when q, as wrapped 32-bit arithmetic left it, is outside [-kMaxQ, kMaxQ].
+inline uint32_t out_of_range(uint32_t q) { return uint32_t(q + uint32_t(kMaxQ) > 2u * uint32_t(kMaxQ)); }
+inline uint32_t is_coded_code(int32_t c) { return uint32_t(c != 0) & uint32_t(c != kOutlierCode); }
+
+template <int kDT, class T>
+inline void classify_codes_loop(const T* __restrict x, uint32_t n, const Quantizer& quantizer,
+                                int32_t* __restrict codes, int32_t* __restrict q_out) {
+  const Quantizer qz = quantizer;  // a local copy: no aliasing with the outputs
+  if (q_out == nullptr) {
+    for (uint32_t i = 0; i < n; ++i) codes[i] = classify_code<kDT>(load_elem<kDT>(x, i), qz);
+    return;
+  }
+  for (uint32_t i = 0; i < n; ++i) {
+    const int32_t c = classify_code<kDT>(load_elem<kDT>(x, i), qz);
+    codes[i] = c;
+    q_out[i] = c == kOutlierCode ? 0 : code_to_q(c);
+  }
+}
+
+}  // namespace
+
+ACTZIP_MULTIVERSION_WIDE void classify_codes_f32(const float* x, uint32_t n, const Quantizer& qz, int32_t* codes,
+                                            int32_t* q_out) {
+  classify_codes_loop<1>(x, n, qz, codes, q_out);
+}
+ACTZIP_MULTIVERSION_WIDE void classify_codes_f16(const uint16_t* x, uint32_t n, const Quantizer& qz, int32_t* codes,
+                                            int32_t* q_out) {
+  classify_codes_loop<2>(x, n, qz, codes, q_out);
+}
+ACTZIP_MULTIVERSION_WIDE void classify_codes_bf16(const uint16_t* x, uint32_t n, const Quantizer& qz, int32_t* codes,
+                                             int32_t* q_out) {
+  classify_codes_loop<3>(x, n, qz, codes, q_out);
+}
+
+ACTZIP_MULTIVERSION void count_classes(const int32_t* codes, uint32_t n, uint32_t* zeros, uint32_t* outliers) {
+  uint32_t z = 0, o = 0;
+  for (uint32_t i = 0; i < n; ++i) {
+    z += codes[i] == 0;
+    o += codes[i] == kOutlierCode;
+  }
+  *zeros = z;
+  *outliers = o;
+}
+
+ACTZIP_MULTIVERSION void codes_to_u(const int32_t* codes, uint32_t n, uint32_t* u) {
+  // May run in place (codes == u): each element is read before it is written.
+  for (uint32_t i = 0; i < n; ++i) {
+    const int32_t c = codes[i];
+    const uint32_t neg = uint32_t(c) >> 31;
+    const uint32_t mag = (uint32_t(c) ^ (0u - neg)) + neg;  // |c|, wrapping for kOutlierCode
+    u[i] = 2u * (mag - 1u) + neg;
+  }
+}
+
+ACTZIP_MULTIVERSION void lorenzo1d_residuals(const int32_t* __restrict q, uint32_t n, uint32_t* __restrict u) {
+  if (n == 0) return;
+  u[0] = zigzag_bits(q[0]);
+  for (uint32_t t = 1; t < n; ++t) u[t] = zigzag_bits(q[t] - q[t - 1]);  // |q| <= kMaxQ: no overflow
+}
+
+ACTZIP_MULTIVERSION void lorenzo2d_residuals(const int32_t* __restrict q, uint32_t n, uint32_t row, uint32_t col0,
+                                             uint32_t* __restrict u) {
+  // Every element as if it had all three neighbours: the zeros before q stand for the
+  // neighbours outside the chunk.
+  for (uint32_t i = 0; i < n; ++i) {
+    int32_t p = q[int64_t(i) - 1] + q[int64_t(i) - row] - q[int64_t(i) - row - 1];
+    p = std::min(std::max(p, -kMaxQ), kMaxQ);
+    u[i] = zigzag_bits(q[i] - p);
+  }
+  // The first element of a row has no left neighbour, hence no upper-left one either: its
+  // prediction is the upper neighbour (already in range).
+  for (uint32_t i = col0 == 0 ? 0 : row - col0; i < n; i += row) u[i] = zigzag_bits(q[i] - q[int64_t(i) - row]);
+}
+
+namespace {
+#if ACTZIP_AVX2_PASSES
+// Whole groups of eight elements; returns the elements kept and sets *done.
+ACTZIP_TARGET_AVX2 uint32_t compact_coded_avx2(const int32_t* codes, uint32_t n, uint32_t* values,
+                                               uint8_t* mask_bytes, uint32_t* done) {
+  uint32_t t = 0, i0 = 0;
+  const __m256i outlier = _mm256_set1_epi32(kOutlierCode), zero = _mm256_setzero_si256();
+  for (; i0 + 8 <= n; i0 += 8) {
+    const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + i0));
+    const __m256i uncoded = _mm256_or_si256(_mm256_cmpeq_epi32(c, zero), _mm256_cmpeq_epi32(c, outlier));
+    const uint32_t m = ~movemask32(uncoded) & 0xFFu;
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(values + i0));
+    const __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(kPermute.compress[m]));
+    // Lanes past the kept ones land at t + popcount(m) .. t + 7 <= i0 + 7: this group's own
+    // positions, already loaded, or earlier ones rewritten by the next groups.
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(values + t), _mm256_permutevar8x32_epi32(v, perm));
+    t += uint32_t(_mm_popcnt_u32(m));
+    mask_bytes[i0 / 8] = uint8_t(m);
+  }
+  *done = i0;
+  return t;
+}
+#endif
+}  // namespace
+
+uint32_t compact_coded(const int32_t* __restrict codes, uint32_t n, uint32_t* values, uint8_t* __restrict mask_bytes) {
+  uint32_t t = 0;
+  uint32_t i0 = 0;
+#if ACTZIP_AVX2_PASSES
+  if (avx2_passes) t = compact_coded_avx2(codes, n, values, mask_bytes, &i0);
+#endif
+  for (; i0 < n; i0 += 8) {
+    const uint32_t m = std::min<uint32_t>(8, n - i0);
+    uint32_t byte = 0;
+    for (uint32_t b = 0; b < m; ++b) {
+      const uint32_t coded = is_coded_code(codes[i0 + b]);
+      values[t] = values[i0 + b];  // t <= i0 + b: in place is safe
+      t += coded;
+      byte |= coded << b;
+    }
+    mask_bytes[i0 / 8] = uint8_t(byte);
+  }
+  return t;
+}
+
+uint32_t outlier_positions(const int32_t* __restrict codes, uint32_t n, uint16_t* __restrict pos) {
+  uint32_t o = 0;
+  for (uint32_t i = 0; i < n; ++i) {
+    pos[o] = uint16_t(i);
+    o += codes[i] == kOutlierCode;
+  }
+  return o;
+}
+
+namespace {
+
+// A bit stream being written 32 elements at a time: at most 7 bits wait in acc.
+struct SignSink {
+  uint64_t acc = 0;
+  uint32_t fill = 0;
+  uint8_t* p;
+  // Appends `count` <= 32 bits.
+  void append(uint32_t bits, uint32_t count) {
+    acc |= uint64_t(bits) << fill;
+    fill += count;
+    std::memcpy(p, &acc, 8);  // little-endian hosts (bitio.h checks)
+    p += fill >> 3;
+    acc >>= fill & ~7u;
+    fill &= 7;
+  }
+};
+
+#if ACTZIP_AVX2_PASSES
+ACTZIP_TARGET_AVX2 uint32_t write_sign_blocks_avx2(const int32_t* codes, uint32_t n, SignSink* sink) {
+  const __m256i one = _mm256_set1_epi32(1), minus_one = _mm256_set1_epi32(-1);
+  uint32_t i0 = 0;
+  for (; i0 + 32 <= n; i0 += 32) {
+    uint32_t take = 0, negative = 0;
+    for (uint32_t k = 0; k < 4; ++k) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + i0 + 8 * k));
+      take |= movemask32(_mm256_or_si256(_mm256_cmpeq_epi32(v, one), _mm256_cmpeq_epi32(v, minus_one))) << (8 * k);
+      negative |= movemask32(v) << (8 * k);
+    }
+    if (take) {
+      uint32_t count;
+      const uint32_t bits = gather_bits(negative, take, &count);
+      sink->append(bits, count);
+    }
+  }
+  return i0;
+}
+#endif
+
+}  // namespace
+
+uint64_t write_sign_stream(const int32_t* __restrict codes, uint32_t n, uint8_t* __restrict out) {
+  SignSink sink;
+  sink.p = out;
+  uint32_t i0 = 0;
+#if ACTZIP_AVX2_PASSES
+  if (avx2_passes) i0 = write_sign_blocks_avx2(codes, n, &sink);
+#endif
+  uint64_t& acc = sink.acc;
+  uint32_t& fill = sink.fill;
+  uint8_t*& p = sink.p;
+  for (; i0 < n; i0 += 32) {
+    const uint32_t m = std::min<uint32_t>(32, n - i0);
+    for (uint32_t j = 0; j < m; ++j) {
+      const int32_t c = codes[i0 + j];
+      const uint32_t take = uint32_t(c == 1) | uint32_t(c == -1);
+      acc |= uint64_t(take & (uint32_t(c) >> 31)) << fill;
+      fill += take;
+    }
+    std::memcpy(p, &acc, 8);  // little-endian hosts (bitio.h checks)
+    p += fill >> 3;
+    acc >>= fill & ~7u;
+    fill &= 7;
+  }
+  std::memcpy(p, &acc, 8);
+  return uint64_t(p - out) + (fill > 0 ? 1 : 0);
+}
+
+void build_code_tables(const HuffmanEncoder& code, int k, uint32_t* code_len, uint32_t* small) {
+  for (size_t s = 0; s < code.len.size(); ++s) code_len[s] = code.code[s] | (uint32_t(code.len[s]) << 16);
+  for (uint32_t v = 0; v < kSmallValues; ++v) {
+    int eb = 0;
+    const uint32_t sym = u_to_symbol(v, k, &eb);
+    const uint32_t extra = eb ? v - (1u << eb) : 0;
+    const uint32_t len = code.len[sym];
+    small[v] = (uint32_t(code.code[sym]) | (extra << len)) | ((len + uint32_t(eb)) << 24);
+  }
+}
+
+namespace {
+
+// FastBitWriter for puts of at most 56 bits, which never fill the accumulator: one store
+// and three shifts a put.
+class LaneWriter {
+ public:
+  explicit LaneWriter(uint8_t* begin) : begin_(begin), p_(begin) {}
+  void put(uint64_t value, uint32_t nbits) {  // value < 2^nbits, nbits <= 56
+    acc_ |= value << fill_;
+    fill_ += nbits;
+    std::memcpy(p_, &acc_, 8);  // little-endian hosts (bitio.h checks)
+    p_ += fill_ >> 3;
+    acc_ >>= fill_ & 56u;
+    fill_ &= 7u;
+  }
+  // Writes the last partial byte; returns the bytes written.
+  uint64_t flush() {
+    std::memcpy(p_, &acc_, 8);
+    return uint64_t(p_ - begin_) + (fill_ > 0 ? 1 : 0);
+  }
+
+ private:
+  uint8_t* begin_;
+  uint8_t* p_;
+  uint64_t acc_ = 0;
+  uint32_t fill_ = 0;
+};
+
+// Appends the code of any value (the general case of huffman_encode_lanes): at most 12
+// bits of code and 24 extra bits.
+__attribute__((always_inline)) inline void put_value(LaneWriter& w, uint32_t v, const uint32_t* code_len, int k) {
+  const uint32_t direct = 1u << k;
+  const int b = floor_log2(v | 1u);
+  const bool is_class = v >= direct;
+  const uint32_t sym = is_class ? direct + uint32_t(b - k) : v;
+  const int eb = is_class ? b : 0;
+  const uint64_t extra = is_class ? uint64_t(v - (1u << b)) : 0;
+  const uint32_t cl = code_len[sym];  // code | length << 16
+  const int len = int(cl >> 16);
+  w.put(uint64_t(cl & 0xFFFFu) | (extra << len), uint32_t(len + eb));
+}
+
+__attribute__((always_inline)) inline void encode_lanes_body(const uint32_t* __restrict u, uint32_t n,
+                                                             const uint32_t* __restrict small,
+                                                             const uint32_t* __restrict code_len, int k,
+                                                             uint8_t* lanes, uint64_t lane_stride,
+                                                             uint64_t* lane_bytes) {
+  static_assert(kCodeLanes == 4, "the loop below writes four lanes");
+  LaneWriter w0(lanes), w1(lanes + lane_stride), w2(lanes + 2 * lane_stride), w3(lanes + 3 * lane_stride);
+  // Values t and t + 4 go to the same lane: while both are small their codes (at most 23
+  // bits each) are joined and written with one put.
+  auto put_pair = [&](LaneWriter& w, uint32_t v0, uint32_t v1) {
+    const uint32_t e0 = small[v0], e1 = small[v1];
+    const uint32_t n0 = e0 >> 24;
+    w.put(uint64_t(e0 & 0xFFFFFFu) | (uint64_t(e1 & 0xFFFFFFu) << n0), n0 + (e1 >> 24));
+  };
+  uint32_t t = 0;
+  for (; t + 8 <= n; t += 8) {
+    const uint32_t* v = u + t;
+    if ((v[0] | v[1] | v[2] | v[3] | v[4] | v[5] | v[6] | v[7]) < kSmallValues) {
+      put_pair(w0, v[0], v[4]);
+      put_pair(w1, v[1], v[5]);
+      put_pair(w2, v[2], v[6]);
+      put_pair(w3, v[3], v[7]);
+    } else {
+      put_value(w0, v[0], code_len, k);
+      put_value(w1, v[1], code_len, k);
+      put_value(w2, v[2], code_len, k);
+      put_value(w3, v[3], code_len, k);
+      put_value(w0, v[4], code_len, k);
+      put_value(w1, v[5], code_len, k);
+      put_value(w2, v[6], code_len, k);
+      put_value(w3, v[7], code_len, k);
+    }
+  }
+  LaneWriter* w[kCodeLanes] = {&w0, &w1, &w2, &w3};
+  for (; t < n; ++t) put_value(*w[t % kCodeLanes], u[t], code_len, k);
+  for (uint32_t l = 0; l < kCodeLanes; ++l) lane_bytes[l] = w[l]->flush();
+}
+
+#if ACTZIP_AVX2_PASSES
+ACTZIP_TARGET_BMI2 void encode_lanes_bmi2(const uint32_t* u, uint32_t n, const uint32_t* small,
+                                          const uint32_t* code_len, int k, uint8_t* lanes, uint64_t lane_stride,
+                                          uint64_t* lane_bytes) {
+  encode_lanes_body(u, n, small, code_len, k, lanes, lane_stride, lane_bytes);
+}
+
+// encode_lanes_body with the pairs' codes joined by AVX2 ahead of the writers, a block at
+// a time: the serial loop is then two loads and a put per pair.
+__attribute__((target("avx2,popcnt,bmi,bmi2"))) void encode_lanes_avx2(const uint32_t* u, uint32_t n,
+                                                                       const uint32_t* small, const uint32_t* code_len,
+                                                                       int k, uint8_t* lanes, uint64_t lane_stride,
+                                                                       uint64_t* lane_bytes) {
+  constexpr uint32_t kGroups = 64;  // groups of 8 values (4 pairs) a block
+  alignas(32) uint64_t pair_bits[4 * kGroups];
+  alignas(16) uint32_t pair_len[4 * kGroups];
+  uint32_t all_small[kGroups];
+  LaneWriter w0(lanes), w1(lanes + lane_stride), w2(lanes + 2 * lane_stride), w3(lanes + 3 * lane_stride);
+  const __m256i largest = _mm256_set1_epi32(int(kSmallValues - 1)), code_bits = _mm256_set1_epi32(0xFFFFFF);
+  uint32_t t = 0;
+  while (t + 8 <= n) {
+    const uint32_t groups = std::min<uint32_t>(kGroups, (n - t) / 8);
+    for (uint32_t g = 0; g < groups; ++g) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(u + t + 8 * g));
+      // Values are below 2^26 (zigzagged residuals of 24-bit q): signed compares are safe.
+      all_small[g] = movemask32(_mm256_cmpgt_epi32(v, largest)) == 0;
+      const __m256i e = _mm256_i32gather_epi32(reinterpret_cast<const int*>(small), _mm256_min_epu32(v, largest), 4);
+      const __m256i code = _mm256_and_si256(e, code_bits), len = _mm256_srli_epi32(e, 24);
+      const __m256i first = _mm256_cvtepu32_epi64(_mm256_castsi256_si128(code));
+      const __m256i second = _mm256_cvtepu32_epi64(_mm256_extracti128_si256(code, 1));
+      const __m256i shift = _mm256_cvtepu32_epi64(_mm256_castsi256_si128(len));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(pair_bits + 4 * g),
+                         _mm256_or_si256(first, _mm256_sllv_epi64(second, shift)));
+      _mm_store_si128(reinterpret_cast<__m128i*>(pair_len + 4 * g),
+                      _mm_add_epi32(_mm256_castsi256_si128(len), _mm256_extracti128_si256(len, 1)));
+    }
+    for (uint32_t g = 0; g < groups; ++g, t += 8) {
+      if (all_small[g]) {
+        w0.put(pair_bits[4 * g], pair_len[4 * g]);
+        w1.put(pair_bits[4 * g + 1], pair_len[4 * g + 1]);
+        w2.put(pair_bits[4 * g + 2], pair_len[4 * g + 2]);
+        w3.put(pair_bits[4 * g + 3], pair_len[4 * g + 3]);
+      } else {
+        const uint32_t* v = u + t;
+        put_value(w0, v[0], code_len, k);
+        put_value(w1, v[1], code_len, k);
+        put_value(w2, v[2], code_len, k);
+        put_value(w3, v[3], code_len, k);
+        put_value(w0, v[4], code_len, k);
+        put_value(w1, v[5], code_len, k);
+        put_value(w2, v[6], code_len, k);
+        put_value(w3, v[7], code_len, k);
+      }
+    }
+  }
+  LaneWriter* w[kCodeLanes] = {&w0, &w1, &w2, &w3};
+  for (; t < n; ++t) put_value(*w[t % kCodeLanes], u[t], code_len, k);
+  for (uint32_t l = 0; l < kCodeLanes; ++l) lane_bytes[l] = w[l]->flush();
+}
+#endif
+
+}  // namespace
+
+void huffman_encode_lanes(const uint32_t* u, uint32_t n, const uint32_t* small, const uint32_t* code_len, int k,
+                          uint8_t* lanes, uint64_t lane_stride, uint64_t* lane_bytes) {
+#if ACTZIP_AVX2_PASSES
+  if (avx2_passes && bmi2_passes) return encode_lanes_avx2(u, n, small, code_len, k, lanes, lane_stride, lane_bytes);
+  if (bmi2_passes) return encode_lanes_bmi2(u, n, small, code_len, k, lanes, lane_stride, lane_bytes);
+#endif
+  encode_lanes_body(u, n, small, code_len, k, lanes, lane_stride, lane_bytes);
+}
+
+namespace {
+#if ACTZIP_AVX2_PASSES
+// Whole groups of eight elements; returns the values used and sets *done.
+ACTZIP_TARGET_AVX2 uint32_t expand_coded_avx2(const uint32_t* values, const uint8_t* mask, uint32_t n, uint32_t* grid,
+                                              uint32_t* done) {
+  uint32_t t = 0, i0 = 0;
+  for (; i0 + 8 <= n; i0 += 8) {
+    const uint32_t byte = mask[i0 / 8];
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(values + t));
+    const __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(kPermute.expand[byte]));
+    const __m256i uncoded = _mm256_xor_si256(lanes_of_byte(byte), _mm256_set1_epi32(-1));  // kUncodedValue lanes
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(grid + i0),
+                        _mm256_or_si256(_mm256_permutevar8x32_epi32(v, perm), uncoded));
+    t += uint32_t(_mm_popcnt_u32(byte));
+  }
+  *done = i0;
+  return t;
+}
+#endif
+}  // namespace
+
+void expand_coded(const uint32_t* __restrict values, const uint8_t* __restrict mask, uint32_t n,
+                  uint32_t* __restrict grid) {
+  uint32_t t = 0, start = 0;
+#if ACTZIP_AVX2_PASSES
+  if (avx2_passes) t = expand_coded_avx2(values, mask, n, grid, &start);
+#endif
+  for (uint32_t i0 = start; i0 < n; i0 += 8) {
+    const uint32_t byte = mask[i0 / 8];
+    const uint32_t m = std::min<uint32_t>(8, n - i0);
+    if (byte == 0) {
+      for (uint32_t b = 0; b < m; ++b) grid[i0 + b] = kUncodedValue;
+      continue;
+    }
+    for (uint32_t b = 0; b < m; ++b) {
+      const uint32_t bit = (byte >> b) & 1u;
+      grid[i0 + b] = bit ? values[t] : kUncodedValue;  // values[t] exists: t <= i0 + b < n
+      t += bit;
+    }
+  }
+}
+
+ACTZIP_MULTIVERSION bool any_invalid_u(const uint32_t* u, uint32_t n) {
+  const uint32_t limit = 2u * uint32_t(kMaxCode - 1) + 1u;
+  uint32_t bad = 0;
+  for (uint32_t i = 0; i < n; ++i) bad |= uint32_t(u[i] > limit);
+  return bad != 0;
+}
+
+namespace {
+
+template <int kDT, class T>
+inline void reconstruct_loop(const uint32_t* __restrict w, uint32_t n, float step, float quarter_step,
+                             T* __restrict out) {
+  for (uint32_t i = 0; i < n; ++i) {
+    const uint32_t v = w[i];
+    const int32_t m = int32_t(v >> 1);  // |c| - 1, below 2^31
+    const float mag = m == 0 ? quarter_step : float(m) * step;
+    const float r = (v & 1u) ? -mag : mag;
+    uint32_t bits;
+    if constexpr (kDT == 1) bits = f32_bits(r);
+    else if constexpr (kDT == 2) bits = f32_to_f16(r);
+    else bits = f32_to_bf16(r);
+    out[i] = T(v == kUncodedValue ? 0u : bits);
+  }
+}
+
+}  // namespace
+
+ACTZIP_MULTIVERSION void reconstruct_f32(const uint32_t* w, uint32_t n, float step, float quarter_step, uint32_t* out) {
+  reconstruct_loop<1>(w, n, step, quarter_step, out);
+}
+ACTZIP_MULTIVERSION void reconstruct_f16(const uint32_t* w, uint32_t n, float step, float quarter_step, uint16_t* out) {
+  reconstruct_loop<2>(w, n, step, quarter_step, out);
+}
+ACTZIP_MULTIVERSION void reconstruct_bf16(const uint32_t* w, uint32_t n, float step, float quarter_step,
+                                          uint16_t* out) {
+  reconstruct_loop<3>(w, n, step, quarter_step, out);
+}
+
+namespace {
+
+template <bool kAllCoded>
+inline uint64_t q_to_w_loop(const int32_t* q, const uint32_t* coded_if, uint32_t n, BitReader& signs, uint32_t* w) {
+  uint64_t used = 0;
+  for (uint32_t i0 = 0; i0 < n; i0 += 32) {
+    if (signs.available() < 32) signs.refill();  // a block takes at most 32 bits
+    const uint32_t m = std::min<uint32_t>(32, n - i0);
+    for (uint32_t j = 0; j < m; ++j) {
+      const uint32_t i = i0 + j;
+      const uint32_t coded = kAllCoded ? 1u : uint32_t(coded_if[i] != kUncodedValue);
+      const int32_t qv = q[i];
+      const uint32_t take = coded & uint32_t(qv == 0);
+      const uint32_t negative = uint32_t(signs.peek()) & take;
+      signs.consume(int(take));
+      used += take;
+      const uint32_t mag = qv < 0 ? 0u - uint32_t(qv) : uint32_t(qv);
+      const uint32_t v = (mag << 1) | (uint32_t(qv) >> 31) | negative;
+      w[i] = coded ? v : kUncodedValue;
+    }
+  }
+  return used;
+}
+
+#if ACTZIP_AVX2_PASSES
+// Whole blocks of 32 elements; returns the elements done.
+template <bool kAllCoded>
+ACTZIP_TARGET_AVX2 uint32_t q_to_w_avx2(const int32_t* q, const uint32_t* coded_if, uint32_t n, BitReader& signs,
+                                        uint32_t* w, uint64_t* used) {
+  const __m256i zero = _mm256_setzero_si256(), uncoded_value = _mm256_set1_epi32(-1);
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), one = _mm256_set1_epi32(1);
+  uint32_t i0 = 0;
+  uint64_t taken = 0;
+  for (; i0 + 32 <= n; i0 += 32) {
+    __m256i qv[4], uncoded[4];
+    uint32_t take = 0;
+    for (uint32_t k = 0; k < 4; ++k) {
+      qv[k] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + i0 + 8 * k));
+      const __m256i* coded_at = reinterpret_cast<const __m256i*>(coded_if + i0 + 8 * k);
+      uncoded[k] = kAllCoded ? zero : _mm256_cmpeq_epi32(_mm256_loadu_si256(coded_at), uncoded_value);
+      take |= movemask32(_mm256_andnot_si256(uncoded[k], _mm256_cmpeq_epi32(qv[k], zero))) << (8 * k);
+    }
+    uint32_t negative = 0;
+    if (take) {
+      if (signs.available() < 32) signs.refill();
+      const uint32_t count = uint32_t(_mm_popcnt_u32(take));
+      negative = scatter_bits(uint32_t(signs.peek() & ((uint64_t(1) << count) - 1u)), take);
+      signs.consume(int(count));
+      taken += count;
+    }
+    const __m256i neg_bits = _mm256_set1_epi32(int(negative));
+    for (uint32_t k = 0; k < 4; ++k) {
+      const __m256i sign_bit = _mm256_and_si256(
+          _mm256_srlv_epi32(neg_bits, _mm256_add_epi32(lane, _mm256_set1_epi32(int(8 * k)))), one);
+      __m256i v = _mm256_slli_epi32(_mm256_abs_epi32(qv[k]), 1);
+      v = _mm256_or_si256(v, _mm256_or_si256(_mm256_srli_epi32(qv[k], 31), sign_bit));
+      v = _mm256_or_si256(v, uncoded[k]);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(w + i0 + 8 * k), v);
+    }
+  }
+  *used += taken;
+  return i0;
+}
+#endif
+
+}  // namespace
+
+uint64_t q_to_w(const int32_t* q, const uint32_t* coded_if, uint32_t n, BitReader& signs, uint32_t* w) {
+  uint64_t used = 0;
+  uint32_t done = 0;
+#if ACTZIP_AVX2_PASSES
+  if (avx2_passes)
+    done = coded_if ? q_to_w_avx2<false>(q, coded_if, n, signs, w, &used)
+                    : q_to_w_avx2<true>(q, nullptr, n, signs, w, &used);
+#endif
+  if (done < n) {
+    used += coded_if ? q_to_w_loop<false>(q + done, coded_if + done, n - done, signs, w + done)
+                     : q_to_w_loop<true>(q + done, nullptr, n - done, signs, w + done);
+  }
+  return used;
+}
+
+namespace {
+
+#if ACTZIP_AVX2_PASSES
+// Inclusive prefix sums of eight 32-bit lanes (wrapping), plus `carry` (all lanes equal).
+ACTZIP_TARGET_AVX2 inline __m256i prefix_sum8(__m256i x, __m256i carry) {
+  x = _mm256_add_epi32(x, _mm256_slli_si256(x, 4));  // within each 128-bit half
+  x = _mm256_add_epi32(x, _mm256_slli_si256(x, 8));
+  const __m256i low_total = _mm256_shuffle_epi32(x, 0xFF);  // each half's last lane
+  x = _mm256_add_epi32(x, _mm256_permute2x128_si256(low_total, low_total, 0x08));  // low half's into the high
+  return _mm256_add_epi32(x, carry);
+}
+ACTZIP_TARGET_AVX2 inline __m256i last_lane(__m256i x) { return _mm256_permutevar8x32_epi32(x, _mm256_set1_epi32(7)); }
+ACTZIP_TARGET_AVX2 inline __m256i unzigzag8(__m256i v) {
+  const __m256i negative = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_and_si256(v, _mm256_set1_epi32(1)));
+  return _mm256_xor_si256(_mm256_srli_epi32(v, 1), negative);
+}
+// Lanes whose wrapped q lies outside [-kMaxQ, kMaxQ] set.
+ACTZIP_TARGET_AVX2 inline __m256i out_of_range8(__m256i q) {
+  const __m256i limit = _mm256_set1_epi32(int(2u * uint32_t(kMaxQ)));
+  const __m256i biased = _mm256_add_epi32(q, _mm256_set1_epi32(kMaxQ));
+  return _mm256_xor_si256(_mm256_cmpeq_epi32(_mm256_max_epu32(biased, limit), limit), _mm256_set1_epi32(-1));
+}
+
+// Whole groups of eight; returns the elements done, *prev the last q and *bad whether any
+// q was out of range.
+ACTZIP_TARGET_AVX2 uint32_t lorenzo1d_inverse_avx2(const uint32_t* u, uint32_t n, int32_t* q, uint32_t* prev,
+                                                   uint32_t* bad) {
+  __m256i carry = _mm256_setzero_si256(), out = _mm256_setzero_si256();
+  uint32_t t = 0;
+  for (; t + 8 <= n; t += 8) {
+    const __m256i x =
+        prefix_sum8(unzigzag8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(u + t))), carry);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + t), x);
+    out = _mm256_or_si256(out, out_of_range8(x));
+    carry = last_lane(x);
+  }
+  *prev = uint32_t(_mm256_extract_epi32(carry, 0));
+  *bad = uint32_t(!_mm256_testz_si256(out, out));
+  return t;
+}
+#endif
+
+}  // namespace
+
+bool lorenzo1d_inverse(const uint32_t* __restrict u, uint32_t n, int32_t* __restrict q) {
+  uint32_t prev = 0, bad = 0, t = 0;
+#if ACTZIP_AVX2_PASSES
+  if (avx2_passes) t = lorenzo1d_inverse_avx2(u, n, q, &prev, &bad);
+#endif
+  for (; t < n; ++t) {
+    prev += unzigzag_bits(u[t]);
+    q[t] = int32_t(prev);
+    bad |= out_of_range(prev);
+  }
+  return bad == 0;
+}
+
+namespace {
+
+// q of one stretch of a row, [i, end), whose first element has no left neighbour: the
+// prediction, unclamped, in wrapping arithmetic (lorenzo2d_inverse checks afterwards).
+template <bool kAllCoded>
+inline void lorenzo2d_stretch(const uint32_t* __restrict u, uint32_t i, uint32_t end, uint32_t row,
+                              int32_t* __restrict q) {
+  uint32_t left = 0;  // the first element's prediction is its upper neighbour alone
+  for (uint32_t j = i; j < end; ++j) {
+    const uint32_t v = u[j];
+    const uint32_t up = uint32_t(q[int64_t(j) - row]);
+    const uint32_t up_left = j == i ? 0u : uint32_t(q[int64_t(j) - row - 1]);
+    const uint32_t qv = left + (up - up_left + unzigzag_bits(v));
+    left = kAllCoded || v != kUncodedValue ? qv : 0u;
+    q[j] = int32_t(left);
+  }
+}
+
+template <bool kAllCoded>
+void lorenzo2d_rows(const uint32_t* __restrict u, uint32_t n, uint32_t row, uint32_t col0, int32_t* __restrict q) {
+  uint32_t i = 0, col = col0;
+  while (i < n) {
+    const uint32_t end = std::min<uint32_t>(n, i + (row - col));
+    lorenzo2d_stretch<kAllCoded>(u, i, end, row, q);
+    i = end;
+    col = 0;
+  }
+}
+
+#if ACTZIP_AVX2_PASSES
+// Lanes of `x` moved up by `by` (1, 2 or 4), `fill` in the lanes left free.
+ACTZIP_TARGET_AVX2 inline __m256i lanes_up(__m256i x, int by, __m256i fill) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i from = _mm256_sub_epi32(lane, _mm256_set1_epi32(by));
+  const __m256i moved = _mm256_permutevar8x32_epi32(x, _mm256_max_epi32(from, _mm256_setzero_si256()));
+  return _mm256_blendv_epi8(moved, fill, _mm256_cmpgt_epi32(_mm256_setzero_si256(), from));
+}
+
+// lorenzo2d_rows for rows of at least 8 elements, eight at a time (the upper row is
+// complete, and at least 8 back, before a group reads it). Along a stretch of a row, q is
+// the running sum of e = up - up_left + residual, restarted at 0 after each uncoded
+// element: the sum S over the group minus the latest S at an uncoded element (or minus
+// the stretch's running q before the group), spread forward in three doubling steps.
+// (The masked loop is compiled for the unmasked case too, where it is dead code.)
+template <bool kAllCoded>
+ACTZIP_TARGET_AVX2 void lorenzo2d_rows_avx2(const uint32_t* u, uint32_t n, uint32_t row, uint32_t col0, int32_t* q) {
+  const __m256i not_first = _mm256_setr_epi32(0, -1, -1, -1, -1, -1, -1, -1), zero = _mm256_setzero_si256();
+  const __m256i uncoded_value = _mm256_set1_epi32(-1), first = _mm256_setr_epi32(-1, 0, 0, 0, 0, 0, 0, 0);
+  uint32_t i = 0, col = col0;
+  while (i < n) {
+    const uint32_t end = std::min<uint32_t>(n, i + (row - col));
+    __m256i carry = zero;  // q of the element before the group, in every lane
+    __m256i keep_up_left = not_first;  // the stretch's first element has no upper-left neighbour
+    uint32_t j = i;
+    for (; j + 8 <= end; j += 8) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(u + j));
+      const __m256i up = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + int64_t(j) - row));
+      const __m256i up_left = _mm256_and_si256(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + int64_t(j) - row - 1)), keep_up_left);
+      const __m256i e = _mm256_add_epi32(_mm256_sub_epi32(up, up_left), unzigzag8(v));
+      __m256i x;
+      if (kAllCoded) {
+        x = prefix_sum8(e, carry);
+      } else {
+        const __m256i uncoded = _mm256_cmpeq_epi32(v, uncoded_value);
+        const __m256i sum = prefix_sum8(_mm256_andnot_si256(uncoded, e), zero);
+        // Lane 0 starts from the element before the group unless it is uncoded itself; the
+        // doubling steps then reach every lane from lane 0 or a nearer uncoded one.
+        const __m256i before = _mm256_sub_epi32(zero, carry);  // so that sum - base = sum + carry
+        const __m256i start_before = _mm256_andnot_si256(uncoded, first);
+        __m256i base = _mm256_blendv_epi8(_mm256_and_si256(sum, uncoded), before, start_before);
+        __m256i have = _mm256_or_si256(uncoded, first);
+        for (int by : {1, 2, 4}) {
+          const __m256i moved = lanes_up(base, by, before), moved_have = lanes_up(have, by, uncoded_value);
+          base = _mm256_blendv_epi8(moved, base, have);
+          have = _mm256_or_si256(have, moved_have);
+        }
+        x = _mm256_sub_epi32(sum, base);
+      }
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + j), x);
+      carry = last_lane(x);
+      keep_up_left = _mm256_set1_epi32(-1);
+    }
+    uint32_t left = uint32_t(_mm256_extract_epi32(carry, 0));
+    for (; j < end; ++j) {
+      const uint32_t value = u[j];
+      const uint32_t up_left = j == i ? 0u : uint32_t(q[int64_t(j) - row - 1]);
+      const uint32_t qv = left + (uint32_t(q[int64_t(j) - row]) - up_left + unzigzag_bits(value));
+      left = kAllCoded || value != kUncodedValue ? qv : 0u;
+      q[j] = int32_t(left);
+    }
+    i = end;
+    col = 0;
+  }
+}
+#endif
+
+// 1 when some q, or some prediction q[i-1] + q[i-row] - q[i-row-1], is out of range. Checking
+// the full three-term prediction everywhere, even where an element lacks a left neighbour,
+// is stricter than needed, which only sends more chunks to the exact decoder.
+ACTZIP_MULTIVERSION uint32_t lorenzo2d_out_of_range(const int32_t* q, uint32_t n, uint32_t row) {
+  uint32_t bad = 0;
+  for (uint32_t i = 0; i < n; ++i) {
+    const uint32_t p = uint32_t(q[int64_t(i) - 1]) + uint32_t(q[int64_t(i) - row]) - uint32_t(q[int64_t(i) - row - 1]);
+    bad |= out_of_range(uint32_t(q[i])) | out_of_range(p);
+  }
+  return bad;
+}
+
+}  // namespace
+
+bool lorenzo2d_inverse(const uint32_t* u, uint32_t n, uint32_t row, uint32_t col0, bool all_coded, int32_t* q) {
+  for (uint32_t j = 1; j <= row + 1; ++j) q[-int64_t(j)] = 0;  // neighbours outside the chunk
+#if ACTZIP_AVX2_PASSES
+  if (row >= 8 && avx2_passes) {
+    if (all_coded) lorenzo2d_rows_avx2<true>(u, n, row, col0, q);
+    else lorenzo2d_rows_avx2<false>(u, n, row, col0, q);
+  } else
+#endif
+  if (all_coded) lorenzo2d_rows<true>(u, n, row, col0, q);
+  else lorenzo2d_rows<false>(u, n, row, col0, q);
+  // With every q and every prediction in range, the wrapping arithmetic above was exact
+  // and no prediction needed clamping: q is what docs/FORMAT.md defines.
+  return lorenzo2d_out_of_range(q, n, row) == 0;
+}
+
+namespace {
+
+// One value of one lane: the table entry gives the code's length, the extra bits'
+// count and their sum, and either the value (a direct symbol) or the class flag whose
+// 1 << extra bits starts the value.
+template <bool kChecked>
+__attribute__((always_inline)) inline void decode_step(const uint32_t* table, BitReader& rd, uint32_t* out) {
+  if (kChecked) rd.refill();
+  else rd.refill_unchecked();
+  const uint64_t bits = rd.peek();
+  const uint32_t e = table[bits & (kDecodeTableSize - 1)];
+  const uint32_t len = (e >> 12) & 15u, eb = (e >> 16) & 31u, total = (e >> 21) & 63u;
+  rd.consume(total);
+  const uint32_t extra = uint32_t(bits >> len) & ((1u << eb) - 1u);
+  *out = (e & (1u << 27)) ? (1u << eb) + extra : (e & 0xFFFu);
+}
+
+// One step of one lane with the pair table: one or two values, lane positions pos and
+// pos + 4 (the caller guarantees both exist).
+__attribute__((always_inline)) inline void decode_pair_step(const uint32_t* pairs, BitReader& rd, uint32_t* u,
+                                                            uint32_t& pos) {
+  rd.refill_unchecked();
+  const uint64_t bits = rd.peek();
+  const uint32_t e = pairs[bits & (kDecodeTableSize - 1)];
+  rd.consume(e & 63u);
+  if (e & kPairClass) {
+    const uint32_t eb = (e >> 8) & 31u, len = (e >> 13) & 15u;
+    u[pos] = (1u << eb) + (uint32_t(bits >> len) & ((1u << eb) - 1u));
+    pos += 4;
+  } else {
+    u[pos] = (e >> 8) & 1023u;
+    u[pos + 4] = (e >> 18) & 1023u;
+    pos += 4 + ((e >> 4) & 4u);  // bit 6: two values
+  }
+}
+
+// One value a step: for codes too long to pair often.
+__attribute__((always_inline)) inline void decode_singles(const uint32_t* table, BitReader& r0, BitReader& r1,
+                                                          BitReader& r2, BitReader& r3, uint32_t n, uint32_t* u) {
+  uint32_t t = 0;
+  while (t + 4 <= n) {
+    // Groups of four whose refills need no bounds check: each refill advances at most 7
+    // bytes and needs 8 readable.
+    uint64_t safe = (n - t) / 4;
+    for (const BitReader* r : {&r0, &r1, &r2, &r3})
+      safe = std::min<uint64_t>(safe, r->bytes_left() >= 8 ? (r->bytes_left() - 8) / 7 + 1 : 0);
+    if (safe == 0) {
+      decode_step<true>(table, r0, u + t);
+      decode_step<true>(table, r1, u + t + 1);
+      decode_step<true>(table, r2, u + t + 2);
+      decode_step<true>(table, r3, u + t + 3);
+      t += 4;
+      continue;
+    }
+    for (const uint32_t end = t + 4 * uint32_t(safe); t < end; t += 4) {  // four independent chains
+      decode_step<false>(table, r0, u + t);
+      decode_step<false>(table, r1, u + t + 1);
+      decode_step<false>(table, r2, u + t + 2);
+      decode_step<false>(table, r3, u + t + 3);
+    }
+  }
+  if (t < n) decode_step<true>(table, r0, u + t), ++t;
+  if (t < n) decode_step<true>(table, r1, u + t), ++t;
+  if (t < n) decode_step<true>(table, r2, u + t), ++t;
+}
+
+// One or two values a step.
+__attribute__((always_inline)) inline void decode_pairs(const uint32_t* table, const uint32_t* pairs, BitReader& r0,
+                                                        BitReader& r1, BitReader& r2, BitReader& r3, uint32_t n,
+                                                        uint32_t* u) {
+  // Lane l decodes the values l, l + 4, l + 8, ...; pos_l is its next one. The lanes
+  // advance by one or two values a step, so they drift apart a little; each finishes on
+  // its own.
+  uint32_t pos0 = 0, pos1 = 1, pos2 = 2, pos3 = 3;
+  auto left = [n](uint32_t pos) { return pos < n ? (n - pos + 3) / 4 : 0u; };
+  for (;;) {
+    // Steps that can run unchecked: every lane keeps two values to go, and its refills
+    // (at most 7 bytes each, 8 readable) stay inside its section.
+    uint64_t steps = std::min({left(pos0), left(pos1), left(pos2), left(pos3)}) / 2;
+    for (const BitReader* r : {&r0, &r1, &r2, &r3})
+      steps = std::min<uint64_t>(steps, r->bytes_left() >= 8 ? (r->bytes_left() - 8) / 7 + 1 : 0);
+    if (steps == 0) break;
+    for (uint64_t s = 0; s < steps; ++s) {  // four independent chains
+      decode_pair_step(pairs, r0, u, pos0);
+      decode_pair_step(pairs, r1, u, pos1);
+      decode_pair_step(pairs, r2, u, pos2);
+      decode_pair_step(pairs, r3, u, pos3);
+    }
+  }
+  for (; pos0 < n; pos0 += 4) decode_step<true>(table, r0, u + pos0);
+  for (; pos1 < n; pos1 += 4) decode_step<true>(table, r1, u + pos1);
+  for (; pos2 < n; pos2 += 4) decode_step<true>(table, r2, u + pos2);
+  for (; pos3 < n; pos3 += 4) decode_step<true>(table, r3, u + pos3);
+}
+
+__attribute__((always_inline)) inline bool decode_lanes_body(const uint32_t* table, const uint32_t* pairs,
+                                                             BitReader* lanes, uint32_t n, uint32_t* u) {
+  static_assert(kCodeLanes == 4, "the loops read four lanes");
+  // Locals, not the array, so that the readers live in registers.
+  BitReader r0 = lanes[0], r1 = lanes[1], r2 = lanes[2], r3 = lanes[3];
+  if (pairs) decode_pairs(table, pairs, r0, r1, r2, r3, n, u);
+  else decode_singles(table, r0, r1, r2, r3, n, u);
+  lanes[0] = r0;
+  lanes[1] = r1;
+  lanes[2] = r2;
+  lanes[3] = r3;
+  // An invalid code decodes to 2^31 or more, which no valid value reaches (2^25 at most).
+  uint32_t bad = 0;
+  for (uint32_t i = 0; i < n; ++i) bad |= u[i] >> 31;
+  return bad == 0;
+}
+
+#if ACTZIP_AVX2_PASSES
+ACTZIP_TARGET_BMI2 bool decode_lanes_bmi2(const uint32_t* table, const uint32_t* pairs, BitReader* lanes, uint32_t n,
+                                          uint32_t* u) {
+  return decode_lanes_body(table, pairs, lanes, n, u);
+}
+#endif
+
+}  // namespace
+
+void build_value_table(const HuffmanDecoder& code, int k, uint32_t* table) {
+  const uint32_t direct = 1u << k;
+  for (uint32_t j = 0; j < kDecodeTableSize; ++j) {
+    const uint32_t e = code.table[j];
+    const uint32_t len = e >> 12, sym = e & 0xFFFu;
+    if (len == 0) {
+      table[j] = (31u << 16) | (1u << 27);
+      continue;
+    }
+    const bool is_class = sym >= direct;
+    const uint32_t eb = is_class ? sym - direct + uint32_t(k) : 0;
+    table[j] = (is_class ? 0u : sym) | (len << 12) | (eb << 16) | ((len + eb) << 21) | (uint32_t(is_class) << 27);
+  }
+}
+
+uint32_t build_pair_table(const uint32_t* table, uint32_t* pairs) {
+  uint32_t two = 0;
+  for (uint32_t j = 0; j < kDecodeTableSize; ++j) {
+    const uint32_t e = table[j];
+    const uint32_t len = (e >> 12) & 15u, eb = (e >> 16) & 31u, total = (e >> 21) & 63u;
+    if (e & (1u << 27)) {  // a class (or no code: 31 extra bits, nothing consumed)
+      pairs[j] = total | kPairClass | (eb << 8) | (len << 13);
+      continue;
+    }
+    uint32_t entry = len | ((e & 0xFFFu) << 8);
+    // The bits after the first code decide a second one if its code fits in them.
+    const uint32_t e2 = table[j >> len];
+    const uint32_t len2 = (e2 >> 12) & 15u;
+    if (!(e2 & (1u << 27)) && len2 != 0 && len + len2 <= kMaxCodeLen)
+      entry = (len + len2) | (1u << 6) | ((e & 0xFFFu) << 8) | ((e2 & 0xFFFu) << 18);
+    pairs[j] = entry;
+    two += (entry >> 6) & 1u;
+  }
+  return two;
+}
+
+bool huffman_decode_lanes(const uint32_t* table, const uint32_t* pairs, BitReader* lanes, uint32_t n, uint32_t* u) {
+#if ACTZIP_AVX2_PASSES
+  if (bmi2_passes) return decode_lanes_bmi2(table, pairs, lanes, n, u);
+#endif
+  return decode_lanes_body(table, pairs, lanes, n, u);
+}
+
+void force_portable_passes(bool on) {
+#if ACTZIP_AVX2_PASSES
+  avx2_passes = !on && cpu_has_avx2();
+  bmi2_passes = !on && cpu_has_bmi2();
+#else
+  (void)on;
+#endif
+}
+
+}  // namespace detail
+}  // namespace actzip

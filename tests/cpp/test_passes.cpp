@@ -1,0 +1,349 @@
+// The whole-chunk passes of the CPU backend (cpp/cpu/passes.h) against the per-element
+// definitions of cpp/codec/element.h, on their AVX2/BMI2 paths where the CPU has them and
+// on their portable loops; and, through the public API, the exact 2-D decoder that chunks
+// with clamped predictions fall back to.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "actzip/actzip.h"
+#include "codec/bitio.h"
+#include "codec/element.h"
+#include "codec/huffman.h"
+#include "cpu/passes.h"
+#include "harness.h"
+
+namespace {
+
+using namespace actzip::detail;
+
+// Runs body() on the dispatched paths, then on the portable ones.
+template <class Body>
+void on_both_paths(Body body) {
+  for (bool portable : {false, true}) {
+    force_portable_passes(portable);
+    body(portable);
+  }
+  force_portable_passes(false);
+}
+
+// Codes of a chunk: mostly small, some zeros and outliers when `sparse`.
+std::vector<int32_t> random_codes(std::mt19937& rng, uint32_t n, bool sparse, int32_t spread) {
+  std::vector<int32_t> codes(n);
+  std::uniform_int_distribution<int32_t> mag(1, spread);
+  std::uniform_int_distribution<int> pick(0, 9);
+  for (auto& c : codes) {
+    const int k = pick(rng);
+    if (sparse && k < 3) c = 0;
+    else if (sparse && k == 3) c = kOutlierCode;
+    else c = (k & 1) ? -mag(rng) : mag(rng);
+    if (pick(rng) == 0) c = (k & 1) ? -1 : 1;  // plenty of q = 0
+  }
+  return codes;
+}
+
+int32_t q_of(int32_t c) { return c == kOutlierCode ? 0 : code_to_q(c); }
+bool is_coded(int32_t c) { return c != 0 && c != kOutlierCode; }
+
+const uint32_t kSizes[] = {1, 7, 8, 31, 32, 33, 100, 1000, 16384};
+
+ACTZIP_TEST(compact_and_expand_match_the_mask) {
+  std::mt19937 rng(1);
+  on_both_paths([&](bool portable) {
+    for (uint32_t n : kSizes) {
+      const auto codes = random_codes(rng, n, true, 50);
+      std::vector<uint32_t> values(n + 8);
+      for (uint32_t i = 0; i < n; ++i) values[i] = 1000 + i;
+      std::vector<uint8_t> mask((n + 7) / 8, 0xEE);
+      const uint32_t kept = compact_coded(codes.data(), n, values.data(), mask.data());
+      uint32_t t = 0;
+      for (uint32_t i = 0; i < n; ++i) {
+        const bool coded = is_coded(codes[i]);
+        ACTZIP_CHECK(((mask[i / 8] >> (i % 8)) & 1u) == uint32_t(coded), "portable=%d n=%u i=%u", portable, n, i);
+        if (coded) {
+          ACTZIP_CHECK(values[t] == 1000 + i, "portable=%d n=%u t=%u", portable, n, t);
+          ++t;
+        }
+      }
+      ACTZIP_CHECK(kept == t, "portable=%d n=%u kept=%u t=%u", portable, n, kept, t);
+      if (n % 8) ACTZIP_CHECK((mask.back() >> (n % 8)) == 0, "portable=%d n=%u: bits past the end", portable, n);
+      std::vector<uint32_t> grid(n);
+      expand_coded(values.data(), mask.data(), n, grid.data());
+      for (uint32_t i = 0; i < n; ++i)
+        ACTZIP_CHECK(grid[i] == (is_coded(codes[i]) ? 1000 + i : kUncodedValue), "portable=%d n=%u i=%u", portable, n,
+                     i);
+    }
+  });
+}
+
+ACTZIP_TEST(sign_stream_holds_the_signs_of_q_zero_in_order) {
+  std::mt19937 rng(2);
+  on_both_paths([&](bool portable) {
+    for (uint32_t n : kSizes) {
+      const auto codes = random_codes(rng, n, true, 3);
+      std::vector<uint8_t> out(n / 8 + 16, 0xAB);
+      const uint64_t bytes = write_sign_stream(codes.data(), n, out.data());
+      std::vector<int> expect;
+      for (int32_t c : codes)
+        if (c == 1 || c == -1) expect.push_back(c < 0);
+      ACTZIP_CHECK(bytes == (expect.size() + 7) / 8, "portable=%d n=%u bytes=%llu", portable, n,
+                   (unsigned long long)bytes);
+      for (size_t b = 0; b < expect.size(); ++b)
+        ACTZIP_CHECK(((out[b / 8] >> (b % 8)) & 1) == expect[b], "portable=%d n=%u bit %zu", portable, n, b);
+      if (expect.size() % 8)
+        ACTZIP_CHECK((out[expect.size() / 8] >> (expect.size() % 8)) == 0, "portable=%d n=%u: padding", portable, n);
+    }
+  });
+}
+
+ACTZIP_TEST(q_to_w_takes_signs_for_coded_zeros_only) {
+  std::mt19937 rng(3);
+  on_both_paths([&](bool portable) {
+    for (uint32_t n : kSizes) {
+      for (bool masked : {false, true}) {
+        const auto codes = random_codes(rng, n, masked, 3);
+        std::vector<int32_t> q(n);
+        std::vector<uint32_t> coded_if(n);
+        for (uint32_t i = 0; i < n; ++i) {
+          q[i] = q_of(codes[i]);
+          coded_if[i] = is_coded(codes[i]) ? 7u : kUncodedValue;
+        }
+        std::vector<uint8_t> signs(n / 8 + 16, 0);
+        const uint64_t bytes = write_sign_stream(codes.data(), n, signs.data());
+        BitReader reader(signs.data(), signs.data() + bytes);
+        std::vector<uint32_t> w(n);
+        const uint64_t used = q_to_w(q.data(), masked ? coded_if.data() : nullptr, n, reader, w.data());
+        uint64_t expect_used = 0;
+        for (uint32_t i = 0; i < n; ++i) {
+          const bool coded = !masked || is_coded(codes[i]);
+          expect_used += coded && q[i] == 0;
+          const uint32_t expect = coded ? code_to_u(codes[i]) : kUncodedValue;
+          ACTZIP_CHECK(w[i] == expect, "portable=%d masked=%d n=%u i=%u w=%u expect=%u", portable, masked, n, i, w[i],
+                       expect);
+        }
+        ACTZIP_CHECK(used == expect_used, "portable=%d n=%u used=%llu", portable, n, (unsigned long long)used);
+        ACTZIP_CHECK(!reader.overran(), "portable=%d n=%u", portable, n);
+      }
+    }
+  });
+}
+
+// The per-element 2-D residual of docs/FORMAT.md section 3.
+std::vector<uint32_t> reference_residuals_2d(const std::vector<int32_t>& q, uint32_t row, uint32_t col0) {
+  std::vector<uint32_t> u(q.size());
+  uint32_t col = col0;
+  for (uint32_t i = 0; i < q.size(); ++i) {
+    u[i] = zigzag(q[i] - lorenzo2d_predict(q.data(), i, col, row));
+    if (++col == row) col = 0;
+  }
+  return u;
+}
+
+ACTZIP_TEST(lorenzo_2d_residuals_and_inverse_match_the_definition) {
+  std::mt19937 rng(4);
+  const uint32_t pad = 136;
+  on_both_paths([&](bool portable) {
+    for (uint32_t row : {2u, 3u, 8u, 9u, 16u, 32u, 127u, 128u}) {
+      for (uint32_t n : {1u, 5u, 300u, 16384u}) {
+        for (bool masked : {false, true}) {
+          const uint32_t col0 = n % row;
+          const auto codes = random_codes(rng, n, masked, 40);
+          std::vector<int32_t> qbuf(pad + n, 0);
+          int32_t* q = qbuf.data() + pad;
+          for (uint32_t i = 0; i < n; ++i) q[i] = q_of(codes[i]);
+          std::vector<uint32_t> u(n);
+          lorenzo2d_residuals(q, n, row, col0, u.data());
+          const auto ref = reference_residuals_2d(std::vector<int32_t>(q, q + n), row, col0);
+          for (uint32_t i = 0; i < n; ++i)
+            ACTZIP_CHECK(u[i] == ref[i], "row=%u n=%u i=%u u=%u ref=%u", row, n, i, u[i], ref[i]);
+          for (uint32_t i = 0; i < n; ++i)
+            if (!is_coded(codes[i])) u[i] = kUncodedValue;
+          std::vector<int32_t> back(pad + n, 12345);
+          ACTZIP_CHECK(lorenzo2d_inverse(u.data(), n, row, col0, !masked, back.data() + pad), "row=%u n=%u", row, n);
+          for (uint32_t i = 0; i < n; ++i)
+            ACTZIP_CHECK(back[pad + i] == q[i], "portable=%d row=%u n=%u i=%u q=%d back=%d", portable, row, n, i, q[i],
+                         back[pad + i]);
+        }
+      }
+    }
+  });
+}
+
+ACTZIP_TEST(lorenzo_2d_inverse_declines_clamped_predictions) {
+  // l + a - al = kMaxQ + kMaxQ - (-kMaxQ): the prediction is clamped to kMaxQ.
+  const uint32_t pad = 136, row = 4, n = 8;
+  std::vector<int32_t> qbuf(pad + n, 0);
+  int32_t* q = qbuf.data() + pad;
+  const int32_t grid[n] = {-kMaxQ, kMaxQ, 0, 0, kMaxQ, kMaxQ, 0, 0};
+  std::copy(grid, grid + n, q);
+  std::vector<uint32_t> u(n);
+  lorenzo2d_residuals(q, n, row, 0, u.data());
+  const auto ref = reference_residuals_2d(std::vector<int32_t>(q, q + n), row, 0);
+  for (uint32_t i = 0; i < n; ++i) ACTZIP_CHECK(u[i] == ref[i], "i=%u", i);
+  std::vector<int32_t> back(pad + n);
+  ACTZIP_CHECK(!lorenzo2d_inverse(u.data(), n, row, 0, true, back.data() + pad), "a clamped prediction was accepted");
+}
+
+ACTZIP_TEST(lorenzo_1d_residuals_and_inverse_round_trip) {
+  std::mt19937 rng(5);
+  on_both_paths([&](bool portable) {
+    for (uint32_t n : kSizes) {
+      const auto codes = random_codes(rng, n, false, 1000);
+      std::vector<int32_t> q(n), back(n);
+      for (uint32_t i = 0; i < n; ++i) q[i] = q_of(codes[i]);
+      std::vector<uint32_t> u(n);
+      lorenzo1d_residuals(q.data(), n, u.data());
+      for (uint32_t i = 0; i < n; ++i)
+        ACTZIP_CHECK(u[i] == zigzag(q[i] - (i ? q[i - 1] : 0)), "n=%u i=%u", n, i);
+      ACTZIP_CHECK(lorenzo1d_inverse(u.data(), n, back.data()), "portable=%d n=%u", portable, n);
+      ACTZIP_CHECK(back == q, "portable=%d n=%u", portable, n);
+    }
+    // A residual that leaves the range is refused, also when 32-bit arithmetic wraps, in a
+    // group of eight and in the tail.
+    for (uint32_t bad : {zigzag(kMaxQ) + 2u, 0xFFFFFFFFu, 0xFFFFFFFEu}) {
+      for (uint32_t at : {1u, 9u}) {
+        std::vector<uint32_t> u(11, 0);
+        u[0] = zigzag(5);
+        u[at] = bad;
+        std::vector<int32_t> back(u.size());
+        ACTZIP_CHECK(!lorenzo1d_inverse(u.data(), uint32_t(u.size()), back.data()), "portable=%d u=%u at %u accepted",
+                     portable, bad, at);
+      }
+    }
+  });
+}
+
+ACTZIP_TEST(codes_to_u_and_reconstruct_match_element_h) {
+  std::mt19937 rng(6);
+  const Quantizer qz = make_quantizer(0.01, 0.015625f);
+  for (uint32_t n : kSizes) {
+    auto codes = random_codes(rng, n, true, 1 << 22);
+    std::vector<uint32_t> u(n);
+    codes_to_u(codes.data(), n, u.data());
+    std::vector<uint32_t> w(n), out(n);
+    for (uint32_t i = 0; i < n; ++i) {
+      if (is_coded(codes[i])) ACTZIP_CHECK(u[i] == code_to_u(codes[i]), "n=%u i=%u", n, i);
+      w[i] = is_coded(codes[i]) ? u[i] : kUncodedValue;
+    }
+    reconstruct_f32(w.data(), n, qz.step, qz.quarter_step, out.data());
+    for (uint32_t i = 0; i < n; ++i) {
+      const uint32_t expect = is_coded(codes[i]) ? f32_bits(reconstruct(codes[i], qz)) : 0u;
+      ACTZIP_CHECK(out[i] == expect, "n=%u i=%u", n, i);
+    }
+  }
+}
+
+// Values whose symbols follow `freq` (for direct_log2 = k), extra bits uniform.
+std::vector<uint32_t> values_from(std::mt19937& rng, const std::vector<uint64_t>& freq, int k, uint32_t n) {
+  std::discrete_distribution<uint32_t> pick(freq.begin(), freq.end());
+  std::vector<uint32_t> u(n);
+  const uint32_t direct = 1u << k;
+  for (auto& v : u) {
+    const uint32_t sym = pick(rng);
+    if (sym < direct) {
+      v = sym;
+    } else {
+      const int b = int(sym - direct) + k;
+      v = (1u << b) + (b ? uint32_t(rng()) & ((1u << b) - 1u) : 0u);
+    }
+  }
+  return u;
+}
+
+ACTZIP_TEST(huffman_lanes_round_trip_with_and_without_pairs) {
+  std::mt19937 rng(8);
+  for (int k : {0, 3, 5, 8, 10}) {
+    const uint32_t alphabet = code_alphabet(k);
+    for (double skew : {0.3, 0.7, 0.95}) {  // long codes (few pairs) to short ones (mostly pairs)
+      std::vector<uint64_t> freq(alphabet);
+      double f = 1e6;
+      for (auto& x : freq) {
+        x = uint64_t(f) + 1;
+        f *= skew;
+      }
+      const std::vector<uint8_t> lengths = huffman_lengths(freq.data(), alphabet);
+      HuffmanEncoder enc;
+      HuffmanDecoder dec;
+      ACTZIP_REQUIRE(enc.build(lengths) && dec.build(lengths), "k=%d", k);
+      std::vector<uint32_t> code_len(alphabet), small(kSmallValues), table(kDecodeTableSize), pairs(kDecodeTableSize);
+      build_code_tables(enc, k, code_len.data(), small.data());
+      build_value_table(dec, k, table.data());
+      build_pair_table(table.data(), pairs.data());
+      on_both_paths([&](bool portable) {
+        for (uint32_t n : {1u, 3u, 4u, 5u, 9u, 100u, 16384u}) {
+          const auto u = values_from(rng, freq, k, n);
+          const uint64_t stride = (uint64_t(n) / 4 + 1) * 36 / 8 + 16;
+          std::vector<uint8_t> lanes(4 * stride, 0);
+          uint64_t lane_bytes[4];
+          huffman_encode_lanes(u.data(), n, small.data(), code_len.data(), k, lanes.data(), stride, lane_bytes);
+          for (bool with_pairs : {false, true}) {
+            // The lanes as a stream holds them: each padded to 8 bytes, back to back.
+            std::vector<uint8_t> packed;
+            uint64_t begin[4];
+            for (int l = 0; l < 4; ++l) {
+              begin[l] = packed.size();
+              packed.insert(packed.end(), lanes.begin() + l * stride, lanes.begin() + l * stride + lane_bytes[l]);
+              packed.resize((packed.size() + 7) / 8 * 8, 0);
+            }
+            BitReader readers[4] = {
+                BitReader(packed.data() + begin[0], packed.data() + begin[1]),
+                BitReader(packed.data() + begin[1], packed.data() + begin[2]),
+                BitReader(packed.data() + begin[2], packed.data() + begin[3]),
+                BitReader(packed.data() + begin[3], packed.data() + packed.size())};
+            std::vector<uint32_t> back(n, 0xDEADBEEF);
+            const uint32_t* pair_table = with_pairs ? pairs.data() : nullptr;
+            const bool ok = huffman_decode_lanes(table.data(), pair_table, readers, n, back.data());
+            ACTZIP_CHECK(ok, "k=%d skew=%g n=%u portable=%d pairs=%d", k, skew, n, portable, with_pairs);
+            for (uint32_t i = 0; i < n && actzip_test::failures_in_current_test() == 0; ++i)
+              ACTZIP_CHECK(back[i] == u[i], "k=%d skew=%g n=%u i=%u portable=%d pairs=%d: %u != %u", k, skew, n, i,
+                           portable, with_pairs, back[i], u[i]);
+            for (int l = 0; l < 4; ++l) {
+              const uint64_t used = readers[l].consumed_bits();
+              ACTZIP_CHECK(!readers[l].overran() && (used + 7) / 8 == lane_bytes[l], "k=%d n=%u lane %d", k, n, l);
+            }
+          }
+        }
+      });
+    }
+  }
+}
+
+// A sum of a random function of the row and one of the column, which 2-D Lorenzo predicts
+// exactly, at q near 2^23 (steps of 2^-22 around 1.5), with one element of the opposite
+// sign: its neighbours' predictions exceed kMaxQ and are clamped, so the decoder must
+// take its exact per-element path.
+ACTZIP_TEST(round_trip_with_clamped_2d_predictions_holds_the_bound) {
+  const uint64_t rows = 512, cols = 64;
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int> offset(0, (1 << 19) - 1);
+  std::vector<int> row_part(rows), col_part(cols);
+  for (auto& v : row_part) v = offset(rng);
+  for (auto& v : col_part) v = offset(rng);
+  std::vector<float> x(rows * cols);
+  for (uint64_t r = 0; r < rows; ++r)
+    for (uint64_t c = 0; c < cols; ++c) x[r * cols + c] = 1.5f + std::ldexp(float(row_part[r] + col_part[c]), -22);
+  x[100 * cols + 10] = -1.75f;
+  actzip::CompressOptions opt;
+  opt.mode = actzip::BoundMode::kAbs;
+  opt.error_bound = std::ldexp(1.0, -23);  // a step of 2^-22
+  for (int threads : {1, 2}) {
+    opt.num_threads = threads;
+    std::unique_ptr<actzip::CompressPlan> plan;
+    actzip::Status s = actzip::plan_compress(x.data(), actzip::DType::kFloat32, {rows, cols}, opt, &plan);
+    ACTZIP_REQUIRE(s.ok(), "%s", s.message.c_str());
+    ACTZIP_CHECK(plan->stats().lorenzo2d_chunks > 0, "no chunk chose the 2-D predictor");
+    std::vector<uint8_t> stream(plan->compressed_bytes());
+    s = actzip::encode(*plan, stream.data(), stream.size(), threads);
+    ACTZIP_REQUIRE(s.ok(), "%s", s.message.c_str());
+    std::vector<float> y(x.size());
+    s = actzip::decompress(stream.data(), stream.size(), y.data(), y.size() * 4, threads);
+    ACTZIP_REQUIRE(s.ok(), "%s", s.message.c_str());
+    for (size_t i = 0; i < x.size(); ++i)
+      ACTZIP_CHECK(std::fabs(double(x[i]) - double(y[i])) <= plan->error_bound(), "i=%zu x=%g y=%g", i, x[i], y[i]);
+  }
+}
+
+}  // namespace
