@@ -16,55 +16,78 @@ uint64_t kraft_sum(const std::vector<uint8_t>& lengths) {
 std::vector<uint8_t> huffman_lengths(const uint64_t* freq, uint32_t alphabet) {
   std::vector<uint8_t> lengths(alphabet, 0);
   std::vector<uint32_t> used;
-  for (uint32_t s = 0; s < alphabet; ++s)
-    if (freq[s] != 0) used.push_back(s);
+  used.reserve(alphabet);
+  uint64_t largest = 0;
+  for (uint32_t s = 0; s < alphabet; ++s) {
+    if (freq[s] == 0) continue;
+    used.push_back(s);
+    largest = std::max(largest, freq[s]);
+  }
   if (used.empty()) return lengths;
   if (used.size() == 1) {
     lengths[used[0]] = 1;
     return lengths;
   }
   // Package-merge (Larmore & Hirschberg): optimal lengths under the kMaxCodeLen limit.
-  // Leaves in ascending (frequency, symbol) order, so the result is deterministic.
-  std::sort(used.begin(), used.end(), [&](uint32_t a, uint32_t b) {
-    return freq[a] != freq[b] ? freq[a] < freq[b] : a < b;
-  });
+  // Leaves in ascending (frequency, symbol) order, so the result is deterministic. When the
+  // pair fits in 64 bits, sort it as one integer (the common case; no indirection).
   const size_t n = used.size();  // callers keep n <= 2^kMaxCodeLen
-  std::vector<uint64_t> leaf(n);
+  int sym_bits = 1;
+  while ((uint64_t(1) << sym_bits) < alphabet) ++sym_bits;
+  if (largest < (uint64_t(1) << (64 - sym_bits))) {
+    std::vector<uint64_t> keys(n);
+    for (size_t i = 0; i < n; ++i) keys[i] = (freq[used[i]] << sym_bits) | used[i];
+    std::sort(keys.begin(), keys.end());
+    for (size_t i = 0; i < n; ++i) used[i] = uint32_t(keys[i] & ((uint64_t(1) << sym_bits) - 1));
+  } else {
+    std::sort(used.begin(), used.end(), [&](uint32_t a, uint32_t b) {
+      return freq[a] != freq[b] ? freq[a] < freq[b] : a < b;
+    });
+  }
+  // Level t holds the merged list of depth kMaxCodeLen - t: the leaves and the packages of
+  // two consecutive items of level t - 1, in ascending weight (a leaf first on a tie).
+  // Flat arrays, one row of 2n items per level; only the leaf flags outlive the merge.
+  const size_t row = 2 * n;
+  std::vector<uint64_t> leaf(n), below(row), level(row);
+  std::vector<uint8_t> is_leaf(kMaxCodeLen * row);
+  std::vector<size_t> size(kMaxCodeLen);
   for (size_t i = 0; i < n; ++i) leaf[i] = freq[used[i]];
-  // lists[t]: the merged list of depth kMaxCodeLen - t, as weights and leaf flags. Each
-  // package is the sum of two consecutive items of the list below it.
-  std::vector<std::vector<uint64_t>> weight(kMaxCodeLen);
-  std::vector<std::vector<uint8_t>> is_leaf(kMaxCodeLen);
-  weight[0] = leaf;
-  is_leaf[0].assign(n, 1);
+  std::copy(leaf.begin(), leaf.end(), below.begin());
+  std::fill(is_leaf.begin(), is_leaf.begin() + n, 1);
+  size[0] = n;
   for (int t = 1; t < kMaxCodeLen; ++t) {
-    const std::vector<uint64_t>& below = weight[t - 1];
-    const size_t packages = below.size() / 2;
-    std::vector<uint64_t>& w = weight[t];
-    std::vector<uint8_t>& f = is_leaf[t];
-    w.reserve(n + packages);
-    f.reserve(n + packages);
-    size_t li = 0, pi = 0;
-    while (li < n || pi < packages) {
-      const uint64_t pw = pi < packages ? below[2 * pi] + below[2 * pi + 1] : 0;
-      if (pi >= packages || (li < n && leaf[li] <= pw)) {
-        w.push_back(leaf[li++]);
-        f.push_back(1);
-      } else {
-        w.push_back(pw);
-        f.push_back(0);
-        ++pi;
-      }
+    const size_t packages = size[t - 1] / 2;
+    uint8_t* flags = is_leaf.data() + t * row;
+    size_t li = 0, pi = 0, k = 0;
+    while (li < n && pi < packages) {
+      const uint64_t lw = leaf[li], pw = below[2 * pi] + below[2 * pi + 1];
+      const uint64_t take_leaf = lw <= pw;
+      level[k] = take_leaf ? lw : pw;
+      flags[k++] = uint8_t(take_leaf);
+      li += take_leaf;
+      pi += 1 - take_leaf;
     }
+    for (; li < n; ++li, ++k) {
+      level[k] = leaf[li];
+      flags[k] = 1;
+    }
+    for (; pi < packages; ++pi, ++k) {
+      level[k] = below[2 * pi] + below[2 * pi + 1];
+      flags[k] = 0;
+    }
+    size[t] = k;
+    std::swap(below, level);
   }
   // Take the 2n - 2 smallest items of the top list; each leaf taken at any depth adds one
   // to its code length, and the packages taken expand into a prefix of the list below.
   size_t take = 2 * n - 2;
   for (int t = kMaxCodeLen - 1; t >= 0; --t) {
-    size_t leaves = 0, packages = 0;
-    for (size_t i = 0; i < take && i < is_leaf[t].size(); ++i) (is_leaf[t][i] ? leaves : packages) += 1;
+    const uint8_t* flags = is_leaf.data() + t * row;
+    size_t leaves = 0;
+    const size_t m = std::min(take, size[t]);
+    for (size_t i = 0; i < m; ++i) leaves += flags[i];
     for (size_t i = 0; i < leaves; ++i) ++lengths[used[i]];
-    take = 2 * packages;
+    take = 2 * (m - leaves);
   }
   return lengths;
 }

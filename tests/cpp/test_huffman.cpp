@@ -183,6 +183,58 @@ ACTZIP_TEST(huffman_lengths_are_optimal_under_the_length_limit) {
   }
 }
 
+// Package-merge written plainly, one vector per level, with the encoder's tie rules:
+// leaves in (frequency, symbol) order, a leaf before a package of equal weight. Code
+// lengths are part of the stream, so the fast implementation must match it exactly (equal
+// cost alone would still change the bytes).
+std::vector<uint8_t> reference_lengths(const std::vector<uint64_t>& freq) {
+  std::vector<uint8_t> lengths(freq.size(), 0);
+  std::vector<uint32_t> used;
+  for (uint32_t s = 0; s < freq.size(); ++s)
+    if (freq[s]) used.push_back(s);
+  if (used.size() < 2) {
+    if (used.size() == 1) lengths[used[0]] = 1;
+    return lengths;
+  }
+  std::stable_sort(used.begin(), used.end(), [&](uint32_t a, uint32_t b) { return freq[a] < freq[b]; });
+  const size_t n = used.size();
+  std::vector<std::vector<std::pair<uint64_t, bool>>> lists(kMaxCodeLen);  // (weight, is leaf)
+  for (uint32_t s : used) lists[0].push_back({freq[s], true});
+  for (int t = 1; t < kMaxCodeLen; ++t) {
+    std::vector<std::pair<uint64_t, bool>> packages;
+    for (size_t i = 0; i + 1 < lists[t - 1].size(); i += 2)
+      packages.push_back({lists[t - 1][i].first + lists[t - 1][i + 1].first, false});
+    size_t li = 0, pi = 0;
+    while (li < n || pi < packages.size()) {
+      if (pi == packages.size() || (li < n && freq[used[li]] <= packages[pi].first)) lists[t].push_back({freq[used[li++]], true});
+      else lists[t].push_back(packages[pi++]);
+    }
+  }
+  size_t take = 2 * n - 2;
+  for (int t = kMaxCodeLen - 1; t >= 0; --t) {
+    size_t leaves = 0, packages = 0;
+    for (size_t i = 0; i < take && i < lists[t].size(); ++i) (lists[t][i].second ? leaves : packages) += 1;
+    for (size_t i = 0; i < leaves; ++i) ++lengths[used[i]];
+    take = 2 * packages;
+  }
+  return lengths;
+}
+
+ACTZIP_TEST(huffman_lengths_follow_the_encoders_tie_rules_exactly) {
+  std::vector<std::vector<uint64_t>> cases = histograms();
+  std::mt19937_64 rng(7);
+  for (int r = 0; r < 300; ++r) {  // few distinct frequencies: ties everywhere
+    std::vector<uint64_t> f(1 + rng() % 1100);
+    const uint64_t values = 1 + rng() % 6, scale = rng() % 2 ? 1 : (uint64_t(1) << (rng() % 50));
+    for (auto& v : f) v = rng() % 4 == 0 ? 0 : (1 + rng() % values) * scale;
+    cases.push_back(f);
+  }
+  for (const auto& f : cases) {
+    const std::vector<uint8_t> want = reference_lengths(f);
+    ACTZIP_CHECK(huffman_lengths(f.data(), uint32_t(f.size())) == want, "%zu symbols: lengths differ", f.size());
+  }
+}
+
 ACTZIP_TEST(codes_are_canonical_as_the_format_defines_them) {
   for (const auto& f : histograms()) {
     const std::vector<uint8_t> len = huffman_lengths(f.data(), uint32_t(f.size()));
