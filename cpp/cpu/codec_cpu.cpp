@@ -357,9 +357,9 @@ Status plan_compress(const void* data, DType dtype, const std::vector<uint64_t>&
     const uint32_t row = grid_row(shape);
     const float* nlog2n = nlog2n_table().data();
     Status s = for_each_chunk(nchunks, threads, [&](uint32_t c, int slot) {
-      thread_local PredictorHist ph;
-      std::memset(&ph, 0, sizeof ph);
-      LocalSampleCount<uint64_t> count{&ph, part_mask[size_t(slot)].data()};
+      thread_local SampleTally tally;
+      tally.clear();
+      uint64_t* mask_part = part_mask[size_t(slot)].data();
       int32_t window[kSampleWindow];
       const uint32_t elems = chunk_elem_count(numel, c);
       const uint64_t chunk_begin = uint64_t(c) * kChunkElems;
@@ -371,10 +371,10 @@ Status plan_compress(const void* data, DType dtype, const std::vector<uint64_t>&
                                               window);
         });
         const uint32_t col0 = row ? uint32_t((chunk_begin + sp.first) % row) : 0;
-        sample_run(window, sp.context, sp.n, sp.first, col0, row, count);
+        sample_run_counts(window, sp.context, sp.n, sp.first, col0, row, &tally, mask_part);
       }
       const uint32_t* chosen = nullptr;
-      impl->chunks[c].predictor = choose_predictor(ph, row != 0, nlog2n, &chosen);
+      impl->chunks[c].predictor = choose_sampled_predictor(tally, row != 0, nlog2n, &chosen);
       uint64_t* fine_part = part_fine[size_t(slot)].data();
       for (uint32_t b = 0; b < kFineAlphabet; ++b) fine_part[b] += chosen[b];
       return Status::Ok();

@@ -2,6 +2,7 @@
 // done in uint32_t (wrapping, defined), and range checks are made on the wrapped values.
 #include "cpu/passes.h"
 
+#include "codec/chunk.h"
 #include "codec/format.h"
 #include "codec/huffman.h"
 
@@ -144,6 +145,116 @@ inline void classify_codes_loop(const T* __restrict x, uint32_t n, const Quantiz
 }
 
 }  // namespace
+
+void SampleTally::clear() { std::memset(this, 0, sizeof *this); }
+
+namespace {
+// fine_bin() in a form that vectorizes: floor_log2(u) of a u >= 2^kMaxDirectLog2 from the
+// exponent of float(u >> 8), which is exact (u >> 8 < 2^24).
+inline uint32_t fine_bin_lanes(uint32_t u) {
+  const uint32_t log2 = (f32_bits(float(int32_t(u >> 8))) >> 23) - 127u + 8u;
+  return u < (1u << kMaxDirectLog2) ? u : (1u << kMaxDirectLog2) + log2 - uint32_t(kMaxDirectLog2);
+}
+}  // namespace
+
+ACTZIP_MULTIVERSION void sample_run_counts(const int32_t* __restrict codes, uint32_t context, uint32_t n,
+                                           uint32_t first, uint32_t col0, uint32_t row, SampleTally* __restrict tally,
+                                           uint64_t* __restrict mask_hist) {
+  (void)first;  // the zeros before the window stand for the neighbours outside the chunk
+  // Per run element: whether it is coded, its q, and its fine bin under each predictor
+  // (kSampleTrashBin where it is not coded).
+  uint32_t is_coded[kSampleRun], bin_none[kSampleRun], bin_lor[kSampleRun], bin_2d[kSampleRun];
+  int32_t q[kSampleRun];
+  const int32_t* run = codes + context;
+  uint32_t sign_bits = 0, coded = 0;
+  for (uint32_t j = 0; j < n; ++j) {
+    const int32_t c = run[j];
+    const uint32_t yes = is_coded_code(c);
+    const uint32_t neg = uint32_t(c) >> 31;
+    const uint32_t mag = (uint32_t(c) ^ (0u - neg)) + neg;  // |c|, wrapping for kOutlierCode
+    const int32_t qv = yes ? code_to_q(c) : 0;
+    is_coded[j] = yes;
+    q[j] = qv;
+    bin_none[j] = yes ? fine_bin_lanes(2u * (mag - 1u) + neg) : kSampleTrashBin;
+    sign_bits += yes & uint32_t(qv == 0);
+    coded += yes;
+  }
+  // 1-D Lorenzo: the previous coded element's q predicts (the one serial step).
+  int32_t prev = 0;
+  for (uint32_t j = 0; j < n; ++j) {
+    bin_lor[j] = uint32_t(q[j] - prev);
+    prev = is_coded[j] ? q[j] : prev;
+  }
+  for (uint32_t j = 0; j < n; ++j)
+    bin_lor[j] = is_coded[j] ? fine_bin_lanes(zigzag_bits(int32_t(bin_lor[j]))) : kSampleTrashBin;
+  for (uint32_t j = 0; j < n; ++j) {
+    ++tally->none[bin_none[j]];
+    ++tally->lor[bin_lor[j]];
+  }
+  if (row) {
+    // The window's q after row + 1 zeros: neighbours before the chunk (or above its first
+    // row) read zeros, as absent ones count.
+    constexpr uint32_t kPad = kMax2DRow + 1;
+    int32_t grid[kPad + kSampleWindow];
+    for (uint32_t i = 0; i < kPad; ++i) grid[i] = 0;
+    for (uint32_t i = 0; i < context + n; ++i) grid[kPad + i] = codes[i] == kOutlierCode ? 0 : code_to_q(codes[i]);
+    const int32_t* g = grid + kPad + context;  // g[j]: run element j
+    for (uint32_t j = 0; j < n; ++j) {
+      int32_t p = g[int64_t(j) - 1] + g[int64_t(j) - row] - g[int64_t(j) - row - 1];
+      p = std::min(std::max(p, -kMaxQ), kMaxQ);
+      bin_2d[j] = zigzag_bits(q[j] - p);
+    }
+    // The first element of a row has no left neighbour, hence no upper-left one either.
+    for (uint32_t j = col0 == 0 ? 0 : row - col0; j < n; j += row) bin_2d[j] = zigzag_bits(q[j] - g[int64_t(j) - row]);
+    for (uint32_t j = 0; j < n; ++j) bin_2d[j] = is_coded[j] ? fine_bin_lanes(bin_2d[j]) : kSampleTrashBin;
+    for (uint32_t j = 0; j < n; ++j) ++tally->lor2d[bin_2d[j]];
+  }
+  for (uint32_t j0 = 0; j0 < n; j0 += 8) {
+    const uint32_t m = std::min<uint32_t>(8, n - j0);
+    uint32_t byte = 0;
+    for (uint32_t b = 0; b < m; ++b) byte |= is_coded[j0 + b] << b;
+    ++mask_hist[byte];
+  }
+  tally->sign_bits += sign_bits;
+  tally->coded += coded;
+}
+
+namespace {
+// fine_cost_bits() over the bins that are not empty, in the same order: the same sum.
+double sampled_cost_bits(const uint32_t* hist, uint32_t total, const float* nlog2n) {
+  double bits = nlog2n[total];
+  for (uint32_t w0 = 0; w0 < kFineAlphabet; w0 += 64) {
+    const uint32_t m = std::min<uint32_t>(64, kFineAlphabet - w0);
+    uint64_t nonzero = 0;
+    for (uint32_t b = 0; b < m; ++b) nonzero |= uint64_t(hist[w0 + b] != 0) << b;
+    for (; nonzero; nonzero &= nonzero - 1) {
+      const uint32_t b = w0 + uint32_t(__builtin_ctzll(nonzero));
+      const uint32_t count = hist[b];
+      bits -= nlog2n[count];
+      if (b >= (1u << kMaxDirectLog2)) bits += double(count) * (b - (1u << kMaxDirectLog2) + kMaxDirectLog2);
+    }
+  }
+  return bits;
+}
+}  // namespace
+
+uint8_t choose_sampled_predictor(const SampleTally& tally, bool with_2d, const float* nlog2n,
+                                 const uint32_t** chosen) {
+  // choose_predictor()'s comparisons on the same costs.
+  const double none = sampled_cost_bits(tally.none, tally.coded, nlog2n);
+  const double lor = sampled_cost_bits(tally.lor, tally.coded, nlog2n) + tally.sign_bits;
+  const double lor2d = with_2d ? sampled_cost_bits(tally.lor2d, tally.coded, nlog2n) + tally.sign_bits : 0.0;
+  if (lor < none && (!with_2d || lor <= lor2d)) {
+    *chosen = tally.lor;
+    return kChunkLorenzo;
+  }
+  if (with_2d && lor2d < none) {
+    *chosen = tally.lor2d;
+    return kChunkLorenzo2D;
+  }
+  *chosen = tally.none;
+  return 0;
+}
 
 ACTZIP_MULTIVERSION_WIDE void classify_codes_f32(const float* x, uint32_t n, const Quantizer& qz, int32_t* codes,
                                             int32_t* q_out) {

@@ -38,6 +38,29 @@ inline constexpr uint32_t kUncodedValue = 0xFFFFFFFFu;
 // while other threads run passes.
 void force_portable_passes(bool on);
 
+// ---- Sampling ----
+
+// The sampled histograms of one chunk, as chunk.h's PredictorHist counts them, with one
+// more bin (kSampleTrashBin) that takes the elements a run does not count, so that the
+// counting loop has no branch. Clear before each chunk.
+inline constexpr uint32_t kSampleTrashBin = kFineAlphabet;
+struct SampleTally {
+  uint32_t none[kFineAlphabet + 1], lor[kFineAlphabet + 1], lor2d[kFineAlphabet + 1];
+  uint32_t sign_bits, coded;
+  void clear();
+};
+
+// chunk.h's sample_run with a LocalSampleCount over `tally` and `mask_hist` (256 counters):
+// the same counts, from loops that vectorize instead of one branchy loop per element.
+// `codes` holds the run's codes preceded by `context` codes of the chunk (n <= kSampleRun,
+// context <= kMax2DRow + 1).
+void sample_run_counts(const int32_t* codes, uint32_t context, uint32_t n, uint32_t first, uint32_t col0, uint32_t row,
+                       SampleTally* tally, uint64_t* mask_hist);
+
+// chunk.h's choose_predictor for a SampleTally: the same costs, summed in the same order
+// (so the same doubles and the same choice), visiting only the bins that are not empty.
+uint8_t choose_sampled_predictor(const SampleTally& tally, bool with_2d, const float* nlog2n, const uint32_t** chosen);
+
 // ---- Encoder ----
 
 // codes[i] = classify_code(x[i]) for the chunk's elements (q_out optional: the quantized
