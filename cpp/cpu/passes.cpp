@@ -354,9 +354,32 @@ uint32_t compact_coded(const int32_t* __restrict codes, uint32_t n, uint32_t* va
   return t;
 }
 
+namespace {
+#if ACTZIP_AVX2_PASSES
+// Whole groups of 32 elements: a bit mask of the outliers, then one store per outlier.
+ACTZIP_TARGET_AVX2 uint32_t outlier_positions_avx2(const int32_t* codes, uint32_t n, uint16_t* pos, uint32_t* done) {
+  const __m256i outlier = _mm256_set1_epi32(kOutlierCode);
+  uint32_t o = 0, i0 = 0;
+  for (; i0 + 32 <= n; i0 += 32) {
+    uint32_t m = 0;
+    for (uint32_t k = 0; k < 4; ++k) {
+      const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + i0 + 8 * k));
+      m |= movemask32(_mm256_cmpeq_epi32(c, outlier)) << (8 * k);
+    }
+    for (; m; m &= m - 1) pos[o++] = uint16_t(i0 + uint32_t(__builtin_ctz(m)));
+  }
+  *done = i0;
+  return o;
+}
+#endif
+}  // namespace
+
 uint32_t outlier_positions(const int32_t* __restrict codes, uint32_t n, uint16_t* __restrict pos) {
-  uint32_t o = 0;
-  for (uint32_t i = 0; i < n; ++i) {
+  uint32_t o = 0, i = 0;
+#if ACTZIP_AVX2_PASSES
+  if (avx2_passes) o = outlier_positions_avx2(codes, n, pos, &i);
+#endif
+  for (; i < n; ++i) {
     pos[o] = uint16_t(i);
     o += codes[i] == kOutlierCode;
   }

@@ -94,6 +94,22 @@ ACTZIP_TEST(sampled_counts_and_choice_match_chunk_h) {
   }
 }
 
+ACTZIP_TEST(outlier_positions_lists_every_outlier_in_order) {
+  std::mt19937 rng(5);
+  on_both_paths([&](bool portable) {
+    for (uint32_t n : kSizes) {
+      const auto codes = random_codes(rng, n, true, 50);
+      std::vector<uint16_t> expected;
+      for (uint32_t i = 0; i < n; ++i)
+        if (codes[i] == kOutlierCode) expected.push_back(uint16_t(i));
+      std::vector<uint16_t> pos(n + 1, 0xEEEE);
+      const uint32_t count = outlier_positions(codes.data(), n, pos.data());
+      pos.resize(count);
+      ACTZIP_CHECK(pos == expected, "n=%u portable=%d", n, int(portable));
+    }
+  });
+}
+
 ACTZIP_TEST(compact_and_expand_match_the_mask) {
   std::mt19937 rng(1);
   on_both_paths([&](bool portable) {
