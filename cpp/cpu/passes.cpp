@@ -467,35 +467,9 @@ void build_code_tables(const HuffmanEncoder& code, int k, uint32_t* code_len, ui
 
 namespace {
 
-// FastBitWriter for puts of at most 56 bits, which never fill the accumulator: one store
-// and three shifts a put.
-class LaneWriter {
- public:
-  explicit LaneWriter(uint8_t* begin) : begin_(begin), p_(begin) {}
-  void put(uint64_t value, uint32_t nbits) {  // value < 2^nbits, nbits <= 56
-    acc_ |= value << fill_;
-    fill_ += nbits;
-    std::memcpy(p_, &acc_, 8);  // little-endian hosts (bitio.h checks)
-    p_ += fill_ >> 3;
-    acc_ >>= fill_ & 56u;
-    fill_ &= 7u;
-  }
-  // Writes the last partial byte; returns the bytes written.
-  uint64_t flush() {
-    std::memcpy(p_, &acc_, 8);
-    return uint64_t(p_ - begin_) + (fill_ > 0 ? 1 : 0);
-  }
-
- private:
-  uint8_t* begin_;
-  uint8_t* p_;
-  uint64_t acc_ = 0;
-  uint32_t fill_ = 0;
-};
-
 // Appends the code of any value (the general case of huffman_encode_lanes): at most 12
 // bits of code and 24 extra bits.
-__attribute__((always_inline)) inline void put_value(LaneWriter& w, uint32_t v, const uint32_t* code_len, int k) {
+__attribute__((always_inline)) inline void put_value(FastBitWriter& w, uint32_t v, const uint32_t* code_len, int k) {
   const uint32_t direct = 1u << k;
   const int b = floor_log2(v | 1u);
   const bool is_class = v >= direct;
@@ -513,10 +487,10 @@ __attribute__((always_inline)) inline void encode_lanes_body(const uint32_t* __r
                                                              uint8_t* lanes, uint64_t lane_stride,
                                                              uint64_t* lane_bytes) {
   static_assert(kCodeLanes == 4, "the loop below writes four lanes");
-  LaneWriter w0(lanes), w1(lanes + lane_stride), w2(lanes + 2 * lane_stride), w3(lanes + 3 * lane_stride);
+  FastBitWriter w0(lanes), w1(lanes + lane_stride), w2(lanes + 2 * lane_stride), w3(lanes + 3 * lane_stride);
   // Values t and t + 4 go to the same lane: while both are small their codes (at most 23
   // bits each) are joined and written with one put.
-  auto put_pair = [&](LaneWriter& w, uint32_t v0, uint32_t v1) {
+  auto put_pair = [&](FastBitWriter& w, uint32_t v0, uint32_t v1) {
     const uint32_t e0 = small[v0], e1 = small[v1];
     const uint32_t n0 = e0 >> 24;
     w.put(uint64_t(e0 & 0xFFFFFFu) | (uint64_t(e1 & 0xFFFFFFu) << n0), n0 + (e1 >> 24));
@@ -540,7 +514,7 @@ __attribute__((always_inline)) inline void encode_lanes_body(const uint32_t* __r
       put_value(w3, v[7], code_len, k);
     }
   }
-  LaneWriter* w[kCodeLanes] = {&w0, &w1, &w2, &w3};
+  FastBitWriter* w[kCodeLanes] = {&w0, &w1, &w2, &w3};
   for (; t < n; ++t) put_value(*w[t % kCodeLanes], u[t], code_len, k);
   for (uint32_t l = 0; l < kCodeLanes; ++l) lane_bytes[l] = w[l]->flush();
 }
@@ -562,7 +536,7 @@ __attribute__((target("avx2,popcnt,bmi,bmi2"))) void encode_lanes_avx2(const uin
   alignas(32) uint64_t pair_bits[4 * kGroups];
   alignas(16) uint32_t pair_len[4 * kGroups];
   uint32_t all_small[kGroups];
-  LaneWriter w0(lanes), w1(lanes + lane_stride), w2(lanes + 2 * lane_stride), w3(lanes + 3 * lane_stride);
+  FastBitWriter w0(lanes), w1(lanes + lane_stride), w2(lanes + 2 * lane_stride), w3(lanes + 3 * lane_stride);
   const __m256i largest = _mm256_set1_epi32(int(kSmallValues - 1)), code_bits = _mm256_set1_epi32(0xFFFFFF);
   uint32_t t = 0;
   while (t + 8 <= n) {
@@ -600,7 +574,7 @@ __attribute__((target("avx2,popcnt,bmi,bmi2"))) void encode_lanes_avx2(const uin
       }
     }
   }
-  LaneWriter* w[kCodeLanes] = {&w0, &w1, &w2, &w3};
+  FastBitWriter* w[kCodeLanes] = {&w0, &w1, &w2, &w3};
   for (; t < n; ++t) put_value(*w[t % kCodeLanes], u[t], code_len, k);
   for (uint32_t l = 0; l < kCodeLanes; ++l) lane_bytes[l] = w[l]->flush();
 }
