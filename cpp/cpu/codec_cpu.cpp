@@ -153,14 +153,19 @@ Status encode_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const Q
   uint32_t* u = sc.u.data();
   uint16_t* outlier_pos = sc.outlier_pos.data();
   uint8_t* mask_bytes = sc.mask_bytes.data();
-  // Both Lorenzo predictors work on q; the other codes the codes themselves.
+  // Both Lorenzo predictors work on q; the other codes the codes themselves (as u).
   const bool on_q = cp->predictor != 0;
   int32_t* q_out = on_q ? q : nullptr;
-  if constexpr (kDT == 1) classify_codes_f32(reinterpret_cast<const float*>(data) + begin, elems, qz, codes, q_out);
-  else if constexpr (kDT == 2) classify_codes_f16(reinterpret_cast<const uint16_t*>(data) + begin, elems, qz, codes, q_out);
-  else classify_codes_bf16(reinterpret_cast<const uint16_t*>(data) + begin, elems, qz, codes, q_out);
+  uint32_t* u_out = on_q ? nullptr : u;
   uint32_t zeros = 0, outliers = 0;
-  count_classes(codes, elems, &zeros, &outliers);
+  if constexpr (kDT == 1)
+    classify_codes_f32(reinterpret_cast<const float*>(data) + begin, elems, qz, codes, q_out, u_out, &zeros, &outliers);
+  else if constexpr (kDT == 2)
+    classify_codes_f16(reinterpret_cast<const uint16_t*>(data) + begin, elems, qz, codes, q_out, u_out, &zeros,
+                       &outliers);
+  else
+    classify_codes_bf16(reinterpret_cast<const uint16_t*>(data) + begin, elems, qz, codes, q_out, u_out, &zeros,
+                        &outliers);
   uint32_t coded = elems - zeros - outliers;
   const bool has_mask = coded != elems;
   uint64_t sign_len = 0;
@@ -174,7 +179,6 @@ Status encode_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const Q
       if (has_mask) compact_coded(codes, elems, reinterpret_cast<uint32_t*>(q), mask_bytes);
       lorenzo1d_residuals(q, coded, u);
     } else {
-      codes_to_u(codes, elems, u);
       if (has_mask) compact_coded(codes, elems, u, mask_bytes);
     }
     if (outliers) outlier_positions(codes, elems, outlier_pos);

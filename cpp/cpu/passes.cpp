@@ -129,19 +129,45 @@ inline uint32_t unzigzag_bits(uint32_t u) { return (u >> 1) ^ (0u - (u & 1u)); }
 inline uint32_t out_of_range(uint32_t q) { return uint32_t(q + uint32_t(kMaxQ) > 2u * uint32_t(kMaxQ)); }
 inline uint32_t is_coded_code(int32_t c) { return uint32_t(c != 0) & uint32_t(c != kOutlierCode); }
 
-template <int kDT, class T>
+// The value coded without prediction, code_to_u(c), without branches (meaningless, but
+// defined, for kOutlierCode).
+inline uint32_t u_of_code(int32_t c) {
+  const uint32_t neg = uint32_t(c) >> 31;
+  const uint32_t mag = (uint32_t(c) ^ (0u - neg)) + neg;  // |c|, wrapping for kOutlierCode
+  return 2u * (mag - 1u) + neg;
+}
+
+// Blocks of classification, each followed by the outputs derived from its codes while
+// they are in L1; two loops, because GCC threads the counts' tests into the classifying
+// loop's selects, and that loop then does not vectorize.
+template <int kDT, bool kQ, bool kU, class T>
 inline void classify_codes_loop(const T* __restrict x, uint32_t n, const Quantizer& quantizer,
-                                int32_t* __restrict codes, int32_t* __restrict q_out) {
+                                int32_t* __restrict codes, int32_t* __restrict q_out, uint32_t* __restrict u_out,
+                                uint32_t* zeros, uint32_t* outliers) {
   const Quantizer qz = quantizer;  // a local copy: no aliasing with the outputs
-  if (q_out == nullptr) {
-    for (uint32_t i = 0; i < n; ++i) codes[i] = classify_code<kDT>(load_elem<kDT>(x, i), qz);
-    return;
+  constexpr uint32_t kBlock = 512;
+  uint32_t z = 0, o = 0;
+  for (uint32_t i0 = 0; i0 < n; i0 += kBlock) {
+    const uint32_t end = std::min(n, i0 + kBlock);
+    for (uint32_t i = i0; i < end; ++i) codes[i] = classify_code<kDT>(load_elem<kDT>(x, i), qz);
+    for (uint32_t i = i0; i < end; ++i) {
+      const int32_t c = codes[i];
+      if (kQ) q_out[i] = c == kOutlierCode ? 0 : code_to_q(c);
+      if (kU) u_out[i] = u_of_code(c);
+      z += c == 0;
+      o += c == kOutlierCode;
+    }
   }
-  for (uint32_t i = 0; i < n; ++i) {
-    const int32_t c = classify_code<kDT>(load_elem<kDT>(x, i), qz);
-    codes[i] = c;
-    q_out[i] = c == kOutlierCode ? 0 : code_to_q(c);
-  }
+  *zeros = z;
+  *outliers = o;
+}
+
+template <int kDT, class T>
+inline void classify_codes_any(const T* x, uint32_t n, const Quantizer& qz, int32_t* codes, int32_t* q_out,
+                               uint32_t* u_out, uint32_t* zeros, uint32_t* outliers) {
+  if (q_out) classify_codes_loop<kDT, true, false>(x, n, qz, codes, q_out, nullptr, zeros, outliers);
+  else if (u_out) classify_codes_loop<kDT, false, true>(x, n, qz, codes, nullptr, u_out, zeros, outliers);
+  else classify_codes_loop<kDT, false, false>(x, n, qz, codes, nullptr, nullptr, zeros, outliers);
 }
 
 }  // namespace
@@ -170,12 +196,10 @@ ACTZIP_MULTIVERSION void sample_run_counts(const int32_t* __restrict codes, uint
   for (uint32_t j = 0; j < n; ++j) {
     const int32_t c = run[j];
     const uint32_t yes = is_coded_code(c);
-    const uint32_t neg = uint32_t(c) >> 31;
-    const uint32_t mag = (uint32_t(c) ^ (0u - neg)) + neg;  // |c|, wrapping for kOutlierCode
     const int32_t qv = yes ? code_to_q(c) : 0;
     is_coded[j] = yes;
     q[j] = qv;
-    bin_none[j] = yes ? fine_bin_lanes(2u * (mag - 1u) + neg) : kSampleTrashBin;
+    bin_none[j] = yes ? fine_bin_lanes(u_of_code(c)) : kSampleTrashBin;
     sign_bits += yes & uint32_t(qv == 0);
     coded += yes;
   }
@@ -257,36 +281,21 @@ uint8_t choose_sampled_predictor(const SampleTally& tally, bool with_2d, const f
 }
 
 ACTZIP_MULTIVERSION_WIDE void classify_codes_f32(const float* x, uint32_t n, const Quantizer& qz, int32_t* codes,
-                                            int32_t* q_out) {
-  classify_codes_loop<1>(x, n, qz, codes, q_out);
+                                                 int32_t* q_out, uint32_t* u_out, uint32_t* zeros, uint32_t* outliers) {
+  classify_codes_any<1>(x, n, qz, codes, q_out, u_out, zeros, outliers);
 }
 ACTZIP_MULTIVERSION_WIDE void classify_codes_f16(const uint16_t* x, uint32_t n, const Quantizer& qz, int32_t* codes,
-                                            int32_t* q_out) {
-  classify_codes_loop<2>(x, n, qz, codes, q_out);
+                                                 int32_t* q_out, uint32_t* u_out, uint32_t* zeros, uint32_t* outliers) {
+  classify_codes_any<2>(x, n, qz, codes, q_out, u_out, zeros, outliers);
 }
 ACTZIP_MULTIVERSION_WIDE void classify_codes_bf16(const uint16_t* x, uint32_t n, const Quantizer& qz, int32_t* codes,
-                                             int32_t* q_out) {
-  classify_codes_loop<3>(x, n, qz, codes, q_out);
-}
-
-ACTZIP_MULTIVERSION void count_classes(const int32_t* codes, uint32_t n, uint32_t* zeros, uint32_t* outliers) {
-  uint32_t z = 0, o = 0;
-  for (uint32_t i = 0; i < n; ++i) {
-    z += codes[i] == 0;
-    o += codes[i] == kOutlierCode;
-  }
-  *zeros = z;
-  *outliers = o;
+                                                 int32_t* q_out, uint32_t* u_out, uint32_t* zeros, uint32_t* outliers) {
+  classify_codes_any<3>(x, n, qz, codes, q_out, u_out, zeros, outliers);
 }
 
 ACTZIP_MULTIVERSION void codes_to_u(const int32_t* codes, uint32_t n, uint32_t* u) {
   // May run in place (codes == u): each element is read before it is written.
-  for (uint32_t i = 0; i < n; ++i) {
-    const int32_t c = codes[i];
-    const uint32_t neg = uint32_t(c) >> 31;
-    const uint32_t mag = (uint32_t(c) ^ (0u - neg)) + neg;  // |c|, wrapping for kOutlierCode
-    u[i] = 2u * (mag - 1u) + neg;
-  }
+  for (uint32_t i = 0; i < n; ++i) u[i] = u_of_code(codes[i]);
 }
 
 ACTZIP_MULTIVERSION void lorenzo1d_residuals(const int32_t* __restrict q, uint32_t n, uint32_t* __restrict u) {

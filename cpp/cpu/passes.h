@@ -63,14 +63,16 @@ uint8_t choose_sampled_predictor(const SampleTally& tally, bool with_2d, const f
 
 // ---- Encoder ----
 
-// codes[i] = classify_code(x[i]) for the chunk's elements (q_out optional: the quantized
-// value of each coded element, 0 for zeros and outliers).
-void classify_codes_f32(const float* x, uint32_t n, const Quantizer& qz, int32_t* codes, int32_t* q_out);
-void classify_codes_f16(const uint16_t* x, uint32_t n, const Quantizer& qz, int32_t* codes, int32_t* q_out);
-void classify_codes_bf16(const uint16_t* x, uint32_t n, const Quantizer& qz, int32_t* codes, int32_t* q_out);
-
-// Counts the zeros (code 0) and outliers (kOutlierCode) of a chunk.
-void count_classes(const int32_t* codes, uint32_t n, uint32_t* zeros, uint32_t* outliers);
+// codes[i] = classify_code(x[i]) for the chunk's elements, and optionally, for each
+// element, q_out[i] (its quantized value; 0 for zeros and outliers) or u_out[i]
+// (codes_to_u below): at most one of the two. *zeros and *outliers get the
+// numbers of zeros (code 0) and outliers (kOutlierCode). Classifying is the costly part; the rest rides along.
+void classify_codes_f32(const float* x, uint32_t n, const Quantizer& qz, int32_t* codes, int32_t* q_out,
+                        uint32_t* u_out, uint32_t* zeros, uint32_t* outliers);
+void classify_codes_f16(const uint16_t* x, uint32_t n, const Quantizer& qz, int32_t* codes, int32_t* q_out,
+                        uint32_t* u_out, uint32_t* zeros, uint32_t* outliers);
+void classify_codes_bf16(const uint16_t* x, uint32_t n, const Quantizer& qz, int32_t* codes, int32_t* q_out,
+                         uint32_t* u_out, uint32_t* zeros, uint32_t* outliers);
 
 // u[i] = code_to_u(codes[i]) (meaningless for uncoded elements, which are dropped later).
 void codes_to_u(const int32_t* codes, uint32_t n, uint32_t* u);

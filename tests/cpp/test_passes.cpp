@@ -276,6 +276,47 @@ ACTZIP_TEST(lorenzo_1d_residuals_and_inverse_round_trip) {
   });
 }
 
+ACTZIP_TEST(classify_codes_matches_classify_code_with_q_u_and_counts) {
+  std::mt19937 rng(9);
+  const Quantizer qz = make_quantizer(0.01, 0.015625f);
+  for (uint32_t n : kSizes) {
+    // Mostly codable values, with zeros, negative zeros, NaN, infinities and huge values.
+    std::vector<float> x(n);
+    std::uniform_real_distribution<float> value(-5.0f, 5.0f);
+    for (auto& v : x) {
+      const uint32_t pick = rng() % 16;
+      v = pick == 0 ? 0.0f : pick == 1 ? -0.0f : pick == 2 ? NAN : pick == 3 ? -INFINITY : pick == 4 ? 3e38f : value(rng);
+    }
+    std::vector<uint16_t> h(n);
+    for (uint32_t i = 0; i < n; ++i) h[i] = uint16_t(f32_bits(x[i]) >> 16);  // bfloat16 by truncation
+    for (int dt = 1; dt <= 3; ++dt) {
+      for (int out = 0; out < 3; ++out) {  // codes only, with q, with u
+        std::vector<int32_t> codes(n), q(n, 7);
+        std::vector<uint32_t> u(n, 7);
+        uint32_t zeros = 99, outliers = 99;
+        int32_t* q_out = out == 1 ? q.data() : nullptr;
+        uint32_t* u_out = out == 2 ? u.data() : nullptr;
+        if (dt == 1) classify_codes_f32(x.data(), n, qz, codes.data(), q_out, u_out, &zeros, &outliers);
+        else if (dt == 2) classify_codes_f16(h.data(), n, qz, codes.data(), q_out, u_out, &zeros, &outliers);
+        else classify_codes_bf16(h.data(), n, qz, codes.data(), q_out, u_out, &zeros, &outliers);
+        uint32_t z = 0, o = 0;
+        bool same = true;
+        for (uint32_t i = 0; i < n; ++i) {
+          const int32_t c = dt == 1 ? classify_code<1>(load_elem<1>(x.data(), i), qz)
+                            : dt == 2 ? classify_code<2>(load_elem<2>(h.data(), i), qz)
+                                      : classify_code<3>(load_elem<3>(h.data(), i), qz);
+          same &= codes[i] == c;
+          if (out == 1) same &= q[i] == q_of(c);
+          if (out == 2 && is_coded(c)) same &= u[i] == code_to_u(c);
+          z += c == 0;
+          o += c == kOutlierCode;
+        }
+        ACTZIP_CHECK(same && zeros == z && outliers == o, "n=%u dtype=%d outputs=%d", n, dt, out);
+      }
+    }
+  }
+}
+
 ACTZIP_TEST(codes_to_u_and_reconstruct_match_element_h) {
   std::mt19937 rng(6);
   const Quantizer qz = make_quantizer(0.01, 0.015625f);
