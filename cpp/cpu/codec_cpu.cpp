@@ -495,8 +495,29 @@ Status check_payload_crc(const uint8_t* s, const Header& h) {
   return Status::Ok();
 }
 
+// A mask decode table that yields up to three mask bytes a lookup: those whose codes fit,
+// one after another, in the kMaxCodeLen bits looked up. Entry: the bytes (bits 0-23), the
+// bits they consume (24-27) and their number (28-29; 0 where the first code is invalid).
+// Masks of dense tensors are mostly one byte with a short code, which this decodes three
+// at a time instead of one.
+void build_mask_triples(const HuffmanDecoder& mask, std::vector<uint32_t>* triples) {
+  triples->assign(kDecodeTableSize, 0);
+  for (uint32_t j = 0; j < kDecodeTableSize; ++j) {
+    uint32_t bytes = 0, used = 0, count = 0;
+    for (; count < 3; ++count) {
+      const uint32_t e = mask.table[j >> used];
+      const uint32_t len = e >> 12;
+      if (len == 0 || used + len > uint32_t(kMaxCodeLen)) break;  // invalid, or not all looked up
+      bytes |= (e & 0xFFu) << (8 * count);
+      used += len;
+    }
+    (*triples)[j] = bytes | (used << 24) | (count << 28);
+  }
+}
+
 struct Decoders {
   HuffmanDecoder mask, code;
+  std::vector<uint32_t> mask_triples;  // build_mask_triples()
   std::vector<uint32_t> code_wide;   // one value a lookup (build_value_table, passes.h)
   std::vector<uint32_t> code_pairs;  // two values a lookup where they fit (passes.h)
   uint32_t pair_share = 0;           // entries of code_pairs with two values
@@ -608,6 +629,7 @@ Status decode_chunk(const uint8_t* payload, const Header& h, const Decoders& dec
     if (h.mask_lengths.empty()) return format_error("chunk %u has a mask but the stream has no mask codebook", c);
     BitReader r(body, body + ch.mask_bytes);
     const uint16_t* table = dec.mask.table.data();
+    const uint32_t* triples = dec.mask_triples.data();
     uint32_t bad = 0;
     auto step = [&](uint32_t j) {
       const uint32_t e = table[r.peek() & (kDecodeTableSize - 1)];
@@ -616,15 +638,28 @@ Status decode_chunk(const uint8_t* payload, const Header& h, const Decoders& dec
       r.consume(l);
       mask[j] = uint8_t(e);
     };
+    // Up to three bytes a lookup while four stay to go: each lookup stores four bytes (the
+    // ones past those it decoded are rewritten by the next), so four lookups from j store
+    // up to byte j + 12.
+    auto triple_step = [&](uint32_t& j) {
+      const uint32_t e = triples[r.peek() & (kDecodeTableSize - 1)];
+      std::memcpy(mask + j, &e, 4);
+      r.consume((e >> 24) & 15u);
+      j += e >> 28;
+      return e >> 28 != 0;
+    };
     uint32_t j = 0;
-    for (; j + 4 <= mask_len; j += 4) {
-      r.refill();  // at least 56 bits: four codes of at most 12
-      step(j);
-      step(j + 1);
-      step(j + 2);
-      step(j + 3);
+    bool valid = true;
+    while (valid && j + 13 <= mask_len) {
+      r.refill();  // at least 56 bits: four lookups of at most 12
+      valid = triple_step(j) && triple_step(j) && triple_step(j) && triple_step(j);
     }
-    for (; j < mask_len; ++j) {
+    while (valid && j + 4 <= mask_len) {
+      r.refill();
+      valid = triple_step(j);
+    }
+    bad |= uint32_t(!valid);
+    for (; j < mask_len && valid; ++j) {
       r.refill();
       step(j);
     }
@@ -782,6 +817,7 @@ Status decompress(const void* stream, uint64_t stream_bytes, void* out, uint64_t
   Decoders dec;
   if (!dec.mask.build(h.mask_lengths) || !dec.code.build(h.code_lengths))
     return format_error("invalid codebook");
+  if (!dec.mask.table.empty()) build_mask_triples(dec.mask, &dec.mask_triples);
   dec.widen(h.direct_log2);
   const uint8_t* payload = bytes + h.header_bytes;
   uint8_t* dst = static_cast<uint8_t*>(out);
