@@ -521,6 +521,7 @@ struct Decoders {
   std::vector<uint32_t> code_wide;   // one value a lookup (build_value_table, passes.h)
   std::vector<uint32_t> code_pairs;  // two values a lookup where they fit (passes.h)
   uint32_t pair_share = 0;           // entries of code_pairs with two values
+  uint32_t max_bits = 64;            // the most bits a value takes (max_value_bits, passes.h)
 
   // Two values a lookup pays where they come often enough: measured, the pair loop wins
   // from about 45% of lookups up and loses below (its lanes drift and it stores twice).
@@ -531,6 +532,7 @@ struct Decoders {
     code_pairs.assign(kDecodeTableSize, 0);
     if (code.table.empty()) return;
     build_value_table(code, k, code_wide.data());
+    max_bits = max_value_bits(code_wide.data());
     pair_share = build_pair_table(code_wide.data(), code_pairs.data());
   }
 };
@@ -704,7 +706,8 @@ Status decode_chunk(const uint8_t* payload, const Header& h, const Decoders& dec
           BitReader(lanes + kLaneTableBytes + lane_bytes[0] + lane_bytes[1],
                     lanes + kLaneTableBytes + lane_bytes[0] + lane_bytes[1] + lane_bytes[2]),
           BitReader(lanes + kLaneTableBytes + lane_bytes[0] + lane_bytes[1] + lane_bytes[2], lanes + ch.code_bytes)};
-      const bool valid = huffman_decode_lanes(table, dec.use_pairs() ? dec.code_pairs.data() : nullptr, r, coded, u);
+      const bool valid = huffman_decode_lanes(table, dec.use_pairs() ? dec.code_pairs.data() : nullptr, dec.max_bits, r,
+                                              coded, u);
       if (!valid) return format_error("chunk %u: invalid code", c);
       for (uint32_t l = 0; l < kCodeLanes; ++l)
         if (!section_fits(r[l], uint32_t(lane_bytes[l]), r[l].consumed_bits()))

@@ -950,10 +950,19 @@ namespace {
 // One value of one lane: the table entry gives the code's length, the extra bits'
 // count and their sum, and either the value (a direct symbol) or the class flag whose
 // 1 << extra bits starts the value.
-template <bool kChecked>
-__attribute__((always_inline)) inline void decode_step(const uint32_t* table, BitReader& rd, uint32_t* out) {
-  if (kChecked) rd.refill();
-  else rd.refill_unchecked();
+// kAlways false: refills only when fewer than `need` bits (as many as a value may take)
+// wait, which after a refill is rare: the refill's load then leaves the chain of
+// dependent steps, on a branch that is easy to predict.
+template <bool kChecked, bool kAlways = true>
+__attribute__((always_inline)) inline void decode_step(const uint32_t* table, BitReader& rd, uint32_t* out,
+                                                       uint32_t need = 0) {
+  if (!kAlways) {
+    if (uint32_t(rd.available()) < need) rd.refill_unchecked();
+  } else if (kChecked) {
+    rd.refill();
+  } else {
+    rd.refill_unchecked();
+  }
   const uint64_t bits = rd.peek();
   const uint32_t e = table[bits & (kDecodeTableSize - 1)];
   const uint32_t len = (e >> 12) & 15u, eb = (e >> 16) & 31u, total = (e >> 21) & 63u;
@@ -964,9 +973,10 @@ __attribute__((always_inline)) inline void decode_step(const uint32_t* table, Bi
 
 // One step of one lane with the pair table: one or two values, lane positions pos and
 // pos + 4 (the caller guarantees both exist).
+template <bool kAlways = true>  // as decode_step's
 __attribute__((always_inline)) inline void decode_pair_step(const uint32_t* pairs, BitReader& rd, uint32_t* u,
-                                                            uint32_t& pos) {
-  rd.refill_unchecked();
+                                                            uint32_t& pos, uint32_t need = 0) {
+  if (kAlways || uint32_t(rd.available()) < need) rd.refill_unchecked();
   const uint64_t bits = rd.peek();
   const uint32_t e = pairs[bits & (kDecodeTableSize - 1)];
   rd.consume(e & 63u);
@@ -981,9 +991,10 @@ __attribute__((always_inline)) inline void decode_pair_step(const uint32_t* pair
   }
 }
 
-// One value a step: for codes too long to pair often.
+// One value a step: for codes too long to pair often. `need`: the most bits a step takes.
 __attribute__((always_inline)) inline void decode_singles(const uint32_t* table, BitReader& r0, BitReader& r1,
-                                                          BitReader& r2, BitReader& r3, uint32_t n, uint32_t* u) {
+                                                          BitReader& r2, BitReader& r3, uint32_t n, uint32_t* u,
+                                                          uint32_t need) {
   uint32_t t = 0;
   while (t + 4 <= n) {
     // Groups of four whose refills need no bounds check: each refill advances at most 7
@@ -999,7 +1010,18 @@ __attribute__((always_inline)) inline void decode_singles(const uint32_t* table,
       t += 4;
       continue;
     }
-    for (const uint32_t end = t + 4 * uint32_t(safe); t < end; t += 4) {  // four independent chains
+    const uint32_t end = t + 4 * uint32_t(safe);
+    for (; t + 8 <= end; t += 8) {  // four independent chains; the second steps mostly skip the refill
+      decode_step<false>(table, r0, u + t);
+      decode_step<false>(table, r1, u + t + 1);
+      decode_step<false>(table, r2, u + t + 2);
+      decode_step<false>(table, r3, u + t + 3);
+      decode_step<false, false>(table, r0, u + t + 4, need);
+      decode_step<false, false>(table, r1, u + t + 5, need);
+      decode_step<false, false>(table, r2, u + t + 6, need);
+      decode_step<false, false>(table, r3, u + t + 7, need);
+    }
+    for (; t < end; t += 4) {  // four independent chains
       decode_step<false>(table, r0, u + t);
       decode_step<false>(table, r1, u + t + 1);
       decode_step<false>(table, r2, u + t + 2);
@@ -1011,10 +1033,10 @@ __attribute__((always_inline)) inline void decode_singles(const uint32_t* table,
   if (t < n) decode_step<true>(table, r2, u + t), ++t;
 }
 
-// One or two values a step.
+// One or two values a step. `need`: the most bits a step takes.
 __attribute__((always_inline)) inline void decode_pairs(const uint32_t* table, const uint32_t* pairs, BitReader& r0,
                                                         BitReader& r1, BitReader& r2, BitReader& r3, uint32_t n,
-                                                        uint32_t* u) {
+                                                        uint32_t* u, uint32_t need) {
   // Lane l decodes the values l, l + 4, l + 8, ...; pos_l is its next one. The lanes
   // advance by one or two values a step, so they drift apart a little; each finishes on
   // its own.
@@ -1027,7 +1049,18 @@ __attribute__((always_inline)) inline void decode_pairs(const uint32_t* table, c
     for (const BitReader* r : {&r0, &r1, &r2, &r3})
       steps = std::min<uint64_t>(steps, r->bytes_left() >= 8 ? (r->bytes_left() - 8) / 7 + 1 : 0);
     if (steps == 0) break;
-    for (uint64_t s = 0; s < steps; ++s) {  // four independent chains
+    uint64_t s = 0;
+    for (; s + 2 <= steps; s += 2) {  // four independent chains; the second steps mostly skip the refill
+      decode_pair_step(pairs, r0, u, pos0);
+      decode_pair_step(pairs, r1, u, pos1);
+      decode_pair_step(pairs, r2, u, pos2);
+      decode_pair_step(pairs, r3, u, pos3);
+      decode_pair_step<false>(pairs, r0, u, pos0, need);
+      decode_pair_step<false>(pairs, r1, u, pos1, need);
+      decode_pair_step<false>(pairs, r2, u, pos2, need);
+      decode_pair_step<false>(pairs, r3, u, pos3, need);
+    }
+    for (; s < steps; ++s) {  // four independent chains
       decode_pair_step(pairs, r0, u, pos0);
       decode_pair_step(pairs, r1, u, pos1);
       decode_pair_step(pairs, r2, u, pos2);
@@ -1041,12 +1074,13 @@ __attribute__((always_inline)) inline void decode_pairs(const uint32_t* table, c
 }
 
 __attribute__((always_inline)) inline bool decode_lanes_body(const uint32_t* table, const uint32_t* pairs,
-                                                             BitReader* lanes, uint32_t n, uint32_t* u) {
+                                                             uint32_t need, BitReader* lanes, uint32_t n,
+                                                             uint32_t* u) {
   static_assert(kCodeLanes == 4, "the loops read four lanes");
   // Locals, not the array, so that the readers live in registers.
   BitReader r0 = lanes[0], r1 = lanes[1], r2 = lanes[2], r3 = lanes[3];
-  if (pairs) decode_pairs(table, pairs, r0, r1, r2, r3, n, u);
-  else decode_singles(table, r0, r1, r2, r3, n, u);
+  if (pairs) decode_pairs(table, pairs, r0, r1, r2, r3, n, u, need);
+  else decode_singles(table, r0, r1, r2, r3, n, u, need);
   lanes[0] = r0;
   lanes[1] = r1;
   lanes[2] = r2;
@@ -1058,9 +1092,9 @@ __attribute__((always_inline)) inline bool decode_lanes_body(const uint32_t* tab
 }
 
 #if ACTZIP_AVX2_PASSES
-ACTZIP_TARGET_BMI2 bool decode_lanes_bmi2(const uint32_t* table, const uint32_t* pairs, BitReader* lanes, uint32_t n,
-                                          uint32_t* u) {
-  return decode_lanes_body(table, pairs, lanes, n, u);
+ACTZIP_TARGET_BMI2 bool decode_lanes_bmi2(const uint32_t* table, const uint32_t* pairs, uint32_t need,
+                                          BitReader* lanes, uint32_t n, uint32_t* u) {
+  return decode_lanes_body(table, pairs, need, lanes, n, u);
 }
 #endif
 
@@ -1102,11 +1136,21 @@ uint32_t build_pair_table(const uint32_t* table, uint32_t* pairs) {
   return two;
 }
 
-bool huffman_decode_lanes(const uint32_t* table, const uint32_t* pairs, BitReader* lanes, uint32_t n, uint32_t* u) {
+uint32_t max_value_bits(const uint32_t* table) {
+  uint32_t most = 0;
+  for (uint32_t j = 0; j < kDecodeTableSize; ++j) most = std::max(most, (table[j] >> 21) & 63u);
+  return most;
+}
+
+bool huffman_decode_lanes(const uint32_t* table, const uint32_t* pairs, uint32_t max_bits, BitReader* lanes,
+                          uint32_t n, uint32_t* u) {
+  // A step takes at most max_bits (a pair step that yields two values at most
+  // kMaxCodeLen); a refill leaves at least 56.
+  const uint32_t need = std::min<uint32_t>(std::max<uint32_t>(max_bits, kMaxCodeLen), 56);
 #if ACTZIP_AVX2_PASSES
-  if (bmi2_passes) return decode_lanes_bmi2(table, pairs, lanes, n, u);
+  if (bmi2_passes) return decode_lanes_bmi2(table, pairs, need, lanes, n, u);
 #endif
-  return decode_lanes_body(table, pairs, lanes, n, u);
+  return decode_lanes_body(table, pairs, need, lanes, n, u);
 }
 
 void force_portable_passes(bool on) {

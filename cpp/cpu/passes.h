@@ -137,7 +137,13 @@ uint32_t build_pair_table(const uint32_t* table, uint32_t* pairs);
 // Huffman-decodes n values into u, value t from lanes[t % kCodeLanes], with the tables
 // above (pairs may be null: one value a lookup). Returns false when some code is invalid.
 // The readers are left where decoding stopped, for the caller's length checks.
-bool huffman_decode_lanes(const uint32_t* table, const uint32_t* pairs, BitReader* lanes, uint32_t n, uint32_t* u);
+// max_bits: max_value_bits(table), or more (a step refills a lane only when fewer bits
+// than that wait).
+bool huffman_decode_lanes(const uint32_t* table, const uint32_t* pairs, uint32_t max_bits, BitReader* lanes,
+                          uint32_t n, uint32_t* u);
+
+// The most bits one value of `table` (build_value_table) takes: code and extra bits.
+uint32_t max_value_bits(const uint32_t* table);
 
 // Spreads the coded elements' values over the chunk grid: grid[i] = values[t] for the
 // t-th coded element (mask bit set), kUncodedValue elsewhere. mask holds (n + 7) / 8 bytes.
