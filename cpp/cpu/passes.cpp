@@ -244,13 +244,33 @@ ACTZIP_MULTIVERSION void sample_run_counts(const int32_t* __restrict codes, uint
 }
 
 namespace {
+#if ACTZIP_AVX2_PASSES
+// Bit b set where hist[b] != 0, for 64 counters.
+ACTZIP_TARGET_AVX2 uint64_t nonzero_bits64_avx2(const uint32_t* hist) {
+  uint64_t zero = 0;
+  for (uint32_t k = 0; k < 8; ++k) {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(hist + 8 * k));
+    zero |= uint64_t(movemask32(_mm256_cmpeq_epi32(h, _mm256_setzero_si256()))) << (8 * k);
+  }
+  return ~zero;
+}
+#endif
+
+// Bit b set where hist[b] != 0, for m <= 64 counters.
+inline uint64_t nonzero_bits(const uint32_t* hist, uint32_t m) {
+#if ACTZIP_AVX2_PASSES
+  if (m == 64 && avx2_passes) return nonzero_bits64_avx2(hist);
+#endif
+  uint64_t nonzero = 0;
+  for (uint32_t b = 0; b < m; ++b) nonzero |= uint64_t(hist[b] != 0) << b;
+  return nonzero;
+}
+
 // fine_cost_bits() over the bins that are not empty, in the same order: the same sum.
 double sampled_cost_bits(const uint32_t* hist, uint32_t total, const float* nlog2n) {
   double bits = nlog2n[total];
   for (uint32_t w0 = 0; w0 < kFineAlphabet; w0 += 64) {
-    const uint32_t m = std::min<uint32_t>(64, kFineAlphabet - w0);
-    uint64_t nonzero = 0;
-    for (uint32_t b = 0; b < m; ++b) nonzero |= uint64_t(hist[w0 + b] != 0) << b;
+    uint64_t nonzero = nonzero_bits(hist + w0, std::min<uint32_t>(64, kFineAlphabet - w0));
     for (; nonzero; nonzero &= nonzero - 1) {
       const uint32_t b = w0 + uint32_t(__builtin_ctzll(nonzero));
       const uint32_t count = hist[b];

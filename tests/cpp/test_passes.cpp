@@ -57,41 +57,45 @@ ACTZIP_TEST(sampled_counts_and_choice_match_chunk_h) {
   // the same histograms, mask counts, costs and predictor.
   std::mt19937 rng(11);
   const float* nlog2n = actzip::detail::nlog2n_table().data();
-  for (uint32_t row : {0u, 2u, 3u, 7u, 100u, 127u, 128u}) {
-    for (uint32_t elems : {1u, 5u, 64u, 65u, 1000u, 1024u, 1500u, 16384u}) {
-      for (int32_t spread : {3, 40, 3000, (1 << 23) - 1}) {
-        for (bool sparse : {false, true}) {
-          const uint64_t chunk_begin = uint64_t(rng() % 7) * 16384;
-          auto codes = random_codes(rng, elems, sparse, spread);
-          if (spread == (1 << 23) - 1)  // extremes of q, so that 2-D predictions clamp
-            for (auto& c : codes)
-              if (is_coded(c) && (rng() & 1)) c = (c < 0) ? -(kMaxQ + 1) : kMaxQ + 1;
-          PredictorHist ph;
-          std::memset(&ph, 0, sizeof ph);
-          std::vector<uint64_t> mask_ref(256, 0), mask_new(256, 0);
-          LocalSampleCount<uint64_t> count{&ph, mask_ref.data()};
-          static SampleTally tally;
-          tally.clear();
-          for (uint32_t r = 0; r < sample_runs(elems); ++r) {
-            const SampleRunSpan sp = sample_run_span(elems, r, row);
-            const int32_t* window = codes.data() + sp.first - sp.context;
-            const uint32_t col0 = row ? uint32_t((chunk_begin + sp.first) % row) : 0;
-            sample_run(window, sp.context, sp.n, sp.first, col0, row, count);
-            sample_run_counts(window, sp.context, sp.n, sp.first, col0, row, &tally, mask_new.data());
+  on_both_paths([&](bool portable) {
+    for (uint32_t row : {0u, 2u, 3u, 7u, 100u, 127u, 128u}) {
+      for (uint32_t elems : {1u, 5u, 64u, 65u, 1000u, 1024u, 1500u, 16384u}) {
+        for (int32_t spread : {3, 40, 3000, (1 << 23) - 1}) {
+          for (bool sparse : {false, true}) {
+            const uint64_t chunk_begin = uint64_t(rng() % 7) * 16384;
+            auto codes = random_codes(rng, elems, sparse, spread);
+            if (spread == (1 << 23) - 1)  // extremes of q, so that 2-D predictions clamp
+              for (auto& c : codes)
+                if (is_coded(c) && (rng() & 1)) c = (c < 0) ? -(kMaxQ + 1) : kMaxQ + 1;
+            PredictorHist ph;
+            std::memset(&ph, 0, sizeof ph);
+            std::vector<uint64_t> mask_ref(256, 0), mask_new(256, 0);
+            LocalSampleCount<uint64_t> count{&ph, mask_ref.data()};
+            static SampleTally tally;
+            tally.clear();
+            for (uint32_t r = 0; r < sample_runs(elems); ++r) {
+              const SampleRunSpan sp = sample_run_span(elems, r, row);
+              const int32_t* window = codes.data() + sp.first - sp.context;
+              const uint32_t col0 = row ? uint32_t((chunk_begin + sp.first) % row) : 0;
+              sample_run(window, sp.context, sp.n, sp.first, col0, row, count);
+              sample_run_counts(window, sp.context, sp.n, sp.first, col0, row, &tally, mask_new.data());
+            }
+            bool same = ph.sign_bits == tally.sign_bits && ph.coded == tally.coded && mask_ref == mask_new;
+            for (uint32_t b = 0; b < kFineAlphabet; ++b)
+              same &= ph.none[b] == tally.none[b] && ph.lor[b] == tally.lor[b] &&
+                      (!row || ph.lor2d[b] == tally.lor2d[b]);
+            ACTZIP_CHECK(same, "row=%u elems=%u spread=%d sparse=%d: counts differ", row, elems, spread, int(sparse));
+            const uint32_t *chosen_ref = nullptr, *chosen_new = nullptr;
+            const uint8_t ref = choose_predictor(ph, row != 0, nlog2n, &chosen_ref);
+            const uint8_t got = choose_sampled_predictor(tally, row != 0, nlog2n, &chosen_new);
+            ACTZIP_CHECK(ref == got, "row=%u elems=%u spread=%d portable=%d: predictor %d, expected %d", row, elems,
+                         spread, int(portable), got, ref);
+            ACTZIP_CHECK(std::equal(chosen_ref, chosen_ref + kFineAlphabet, chosen_new), "chosen histograms differ");
           }
-          bool same = ph.sign_bits == tally.sign_bits && ph.coded == tally.coded && mask_ref == mask_new;
-          for (uint32_t b = 0; b < kFineAlphabet; ++b)
-            same &= ph.none[b] == tally.none[b] && ph.lor[b] == tally.lor[b] && (!row || ph.lor2d[b] == tally.lor2d[b]);
-          ACTZIP_CHECK(same, "row=%u elems=%u spread=%d sparse=%d: counts differ", row, elems, spread, int(sparse));
-          const uint32_t *chosen_ref = nullptr, *chosen_new = nullptr;
-          const uint8_t ref = choose_predictor(ph, row != 0, nlog2n, &chosen_ref);
-          const uint8_t got = choose_sampled_predictor(tally, row != 0, nlog2n, &chosen_new);
-          ACTZIP_CHECK(ref == got, "row=%u elems=%u spread=%d: predictor %d, expected %d", row, elems, spread, got, ref);
-          ACTZIP_CHECK(std::equal(chosen_ref, chosen_ref + kFineAlphabet, chosen_new), "chosen histograms differ");
         }
       }
     }
-  }
+  });
 }
 
 ACTZIP_TEST(outlier_positions_lists_every_outlier_in_order) {
@@ -285,7 +289,8 @@ ACTZIP_TEST(classify_codes_matches_classify_code_with_q_u_and_counts) {
     std::uniform_real_distribution<float> value(-5.0f, 5.0f);
     for (auto& v : x) {
       const uint32_t pick = rng() % 16;
-      v = pick == 0 ? 0.0f : pick == 1 ? -0.0f : pick == 2 ? NAN : pick == 3 ? -INFINITY : pick == 4 ? 3e38f : value(rng);
+      const float special[] = {0.0f, -0.0f, NAN, -INFINITY, 3e38f};
+      v = pick < 5 ? special[pick] : value(rng);
     }
     std::vector<uint16_t> h(n);
     for (uint32_t i = 0; i < n; ++i) h[i] = uint16_t(f32_bits(x[i]) >> 16);  // bfloat16 by truncation
