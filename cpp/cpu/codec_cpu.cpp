@@ -370,10 +370,16 @@ Status plan_compress(const void* data, DType dtype, const std::vector<uint64_t>&
       const uint32_t runs = sample_runs(elems);
       for (uint32_t r = 0; r < runs; ++r) {
         const SampleRunSpan sp = sample_run_span(elems, r, row);
+        const uint64_t from = chunk_begin + sp.first - sp.context;
+        // With a full row of context, the run reads only its upper neighbours (window
+        // positions 0 .. n) and its left one: the rest of a long row is left unclassified.
+        const uint32_t skip_from = sp.context == row + 1 && row > sp.n + 1 ? sp.n + 1 : sp.context + sp.n;
+        const uint32_t skip_to = skip_from < sp.context ? row : skip_from;
         dispatch_dtype(dtype, [&](auto dt) {
-          classify_chunk<decltype(dt)::value>(bytes, chunk_begin + sp.first - sp.context, sp.context + sp.n, qz,
-                                              window);
+          classify_chunk<decltype(dt)::value>(bytes, from, skip_from, qz, window);
+          classify_chunk<decltype(dt)::value>(bytes, from + skip_to, sp.context + sp.n - skip_to, qz, window + skip_to);
         });
+        std::fill(window + skip_from, window + skip_to, 0);
         const uint32_t col0 = row ? uint32_t((chunk_begin + sp.first) % row) : 0;
         sample_run_counts(window, sp.context, sp.n, sp.first, col0, row, &tally, mask_part);
       }

@@ -53,7 +53,9 @@ struct SampleTally {
 // chunk.h's sample_run with a LocalSampleCount over `tally` and `mask_hist` (256 counters):
 // the same counts, from loops that vectorize instead of one branchy loop per element.
 // `codes` holds the run's codes preceded by `context` codes of the chunk (n <= kSampleRun,
-// context <= kMax2DRow + 1).
+// context <= kMax2DRow + 1). Of the context, only the upper neighbours (positions up to
+// n) and the left one (context - 1) change the counts: with context = row + 1, positions
+// n + 1 .. row - 1 may hold any code.
 void sample_run_counts(const int32_t* codes, uint32_t context, uint32_t n, uint32_t first, uint32_t col0, uint32_t row,
                        SampleTally* tally, uint64_t* mask_hist);
 
