@@ -57,18 +57,19 @@ inline constexpr uint64_t pad8(uint64_t n) { return (n + 7) & ~uint64_t(7); }
 
 // Branch-free bit writer for the hot loops: every put() stores 8 bytes, so the buffer must
 // have 8 bytes of slack past the longest stream written into it (callers size it so).
+// Puts of at most 56 bits never fill the 64-bit accumulator, so a put is one store and
+// three shifts, with no case for a full one.
 class FastBitWriter {
  public:
   explicit FastBitWriter(uint8_t* begin) : begin_(begin), p_(begin) {}
-  // Appends the low `nbits` bits of `value` (nbits <= 56).
-  void put(uint64_t value, int nbits) {
+  // Appends the low `nbits` bits of `value` (value < 2^nbits, nbits <= 56).
+  void put(uint64_t value, uint32_t nbits) {
     acc_ |= value << fill_;
     fill_ += nbits;
     std::memcpy(p_, &acc_, 8);  // little-endian hosts (checked at compile time below)
-    const int bytes = fill_ >> 3;
-    p_ += bytes;
-    acc_ = bytes == 8 ? 0 : acc_ >> (8 * bytes);
-    fill_ &= 7;
+    p_ += fill_ >> 3;
+    acc_ >>= fill_ & 56u;
+    fill_ &= 7u;
   }
   // Writes the last partial byte; returns the bytes written.
   uint64_t flush() {
@@ -80,7 +81,7 @@ class FastBitWriter {
   uint8_t* begin_;
   uint8_t* p_;
   uint64_t acc_ = 0;
-  int fill_ = 0;
+  uint32_t fill_ = 0;  // bits waiting in acc_, below 8 between puts
 };
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
 #error "FastBitWriter assumes a little-endian host"

@@ -153,14 +153,19 @@ Status encode_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const Q
   uint32_t* u = sc.u.data();
   uint16_t* outlier_pos = sc.outlier_pos.data();
   uint8_t* mask_bytes = sc.mask_bytes.data();
-  // Both Lorenzo predictors work on q; the other codes the codes themselves.
+  // Both Lorenzo predictors work on q; the other codes the codes themselves (as u).
   const bool on_q = cp->predictor != 0;
   int32_t* q_out = on_q ? q : nullptr;
-  if constexpr (kDT == 1) classify_codes_f32(reinterpret_cast<const float*>(data) + begin, elems, qz, codes, q_out);
-  else if constexpr (kDT == 2) classify_codes_f16(reinterpret_cast<const uint16_t*>(data) + begin, elems, qz, codes, q_out);
-  else classify_codes_bf16(reinterpret_cast<const uint16_t*>(data) + begin, elems, qz, codes, q_out);
+  uint32_t* u_out = on_q ? nullptr : u;
   uint32_t zeros = 0, outliers = 0;
-  count_classes(codes, elems, &zeros, &outliers);
+  if constexpr (kDT == 1)
+    classify_codes_f32(reinterpret_cast<const float*>(data) + begin, elems, qz, codes, q_out, u_out, &zeros, &outliers);
+  else if constexpr (kDT == 2)
+    classify_codes_f16(reinterpret_cast<const uint16_t*>(data) + begin, elems, qz, codes, q_out, u_out, &zeros,
+                       &outliers);
+  else
+    classify_codes_bf16(reinterpret_cast<const uint16_t*>(data) + begin, elems, qz, codes, q_out, u_out, &zeros,
+                        &outliers);
   uint32_t coded = elems - zeros - outliers;
   const bool has_mask = coded != elems;
   uint64_t sign_len = 0;
@@ -174,7 +179,6 @@ Status encode_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const Q
       if (has_mask) compact_coded(codes, elems, reinterpret_cast<uint32_t*>(q), mask_bytes);
       lorenzo1d_residuals(q, coded, u);
     } else {
-      codes_to_u(codes, elems, u);
       if (has_mask) compact_coded(codes, elems, u, mask_bytes);
     }
     if (outliers) outlier_positions(codes, elems, outlier_pos);
@@ -357,24 +361,30 @@ Status plan_compress(const void* data, DType dtype, const std::vector<uint64_t>&
     const uint32_t row = grid_row(shape);
     const float* nlog2n = nlog2n_table().data();
     Status s = for_each_chunk(nchunks, threads, [&](uint32_t c, int slot) {
-      thread_local PredictorHist ph;
-      std::memset(&ph, 0, sizeof ph);
-      LocalSampleCount<uint64_t> count{&ph, part_mask[size_t(slot)].data()};
+      thread_local SampleTally tally;
+      tally.clear();
+      uint64_t* mask_part = part_mask[size_t(slot)].data();
       int32_t window[kSampleWindow];
       const uint32_t elems = chunk_elem_count(numel, c);
       const uint64_t chunk_begin = uint64_t(c) * kChunkElems;
       const uint32_t runs = sample_runs(elems);
       for (uint32_t r = 0; r < runs; ++r) {
         const SampleRunSpan sp = sample_run_span(elems, r, row);
+        const uint64_t from = chunk_begin + sp.first - sp.context;
+        // With a full row of context, the run reads only its upper neighbours (window
+        // positions 0 .. n) and its left one: the rest of a long row is left unclassified.
+        const uint32_t skip_from = sp.context == row + 1 && row > sp.n + 1 ? sp.n + 1 : sp.context + sp.n;
+        const uint32_t skip_to = skip_from < sp.context ? row : skip_from;
         dispatch_dtype(dtype, [&](auto dt) {
-          classify_chunk<decltype(dt)::value>(bytes, chunk_begin + sp.first - sp.context, sp.context + sp.n, qz,
-                                              window);
+          classify_chunk<decltype(dt)::value>(bytes, from, skip_from, qz, window);
+          classify_chunk<decltype(dt)::value>(bytes, from + skip_to, sp.context + sp.n - skip_to, qz, window + skip_to);
         });
+        std::fill(window + skip_from, window + skip_to, 0);
         const uint32_t col0 = row ? uint32_t((chunk_begin + sp.first) % row) : 0;
-        sample_run(window, sp.context, sp.n, sp.first, col0, row, count);
+        sample_run_counts(window, sp.context, sp.n, sp.first, col0, row, &tally, mask_part);
       }
       const uint32_t* chosen = nullptr;
-      impl->chunks[c].predictor = choose_predictor(ph, row != 0, nlog2n, &chosen);
+      impl->chunks[c].predictor = choose_sampled_predictor(tally, row != 0, nlog2n, &chosen);
       uint64_t* fine_part = part_fine[size_t(slot)].data();
       for (uint32_t b = 0; b < kFineAlphabet; ++b) fine_part[b] += chosen[b];
       return Status::Ok();
@@ -491,11 +501,33 @@ Status check_payload_crc(const uint8_t* s, const Header& h) {
   return Status::Ok();
 }
 
+// A mask decode table that yields up to three mask bytes a lookup: those whose codes fit,
+// one after another, in the kMaxCodeLen bits looked up. Entry: the bytes (bits 0-23), the
+// bits they consume (24-27) and their number (28-29; 0 where the first code is invalid).
+// Masks of dense tensors are mostly one byte with a short code, which this decodes three
+// at a time instead of one.
+void build_mask_triples(const HuffmanDecoder& mask, std::vector<uint32_t>* triples) {
+  triples->assign(kDecodeTableSize, 0);
+  for (uint32_t j = 0; j < kDecodeTableSize; ++j) {
+    uint32_t bytes = 0, used = 0, count = 0;
+    for (; count < 3; ++count) {
+      const uint32_t e = mask.table[j >> used];
+      const uint32_t len = e >> 12;
+      if (len == 0 || used + len > uint32_t(kMaxCodeLen)) break;  // invalid, or not all looked up
+      bytes |= (e & 0xFFu) << (8 * count);
+      used += len;
+    }
+    (*triples)[j] = bytes | (used << 24) | (count << 28);
+  }
+}
+
 struct Decoders {
   HuffmanDecoder mask, code;
+  std::vector<uint32_t> mask_triples;  // build_mask_triples()
   std::vector<uint32_t> code_wide;   // one value a lookup (build_value_table, passes.h)
   std::vector<uint32_t> code_pairs;  // two values a lookup where they fit (passes.h)
   uint32_t pair_share = 0;           // entries of code_pairs with two values
+  uint32_t max_bits = 64;            // the most bits a value takes (max_value_bits, passes.h)
 
   // Two values a lookup pays where they come often enough: measured, the pair loop wins
   // from about 45% of lookups up and loses below (its lanes drift and it stores twice).
@@ -506,6 +538,7 @@ struct Decoders {
     code_pairs.assign(kDecodeTableSize, 0);
     if (code.table.empty()) return;
     build_value_table(code, k, code_wide.data());
+    max_bits = max_value_bits(code_wide.data());
     pair_share = build_pair_table(code_wide.data(), code_pairs.data());
   }
 };
@@ -604,6 +637,7 @@ Status decode_chunk(const uint8_t* payload, const Header& h, const Decoders& dec
     if (h.mask_lengths.empty()) return format_error("chunk %u has a mask but the stream has no mask codebook", c);
     BitReader r(body, body + ch.mask_bytes);
     const uint16_t* table = dec.mask.table.data();
+    const uint32_t* triples = dec.mask_triples.data();
     uint32_t bad = 0;
     auto step = [&](uint32_t j) {
       const uint32_t e = table[r.peek() & (kDecodeTableSize - 1)];
@@ -612,15 +646,28 @@ Status decode_chunk(const uint8_t* payload, const Header& h, const Decoders& dec
       r.consume(l);
       mask[j] = uint8_t(e);
     };
+    // Up to three bytes a lookup while four stay to go: each lookup stores four bytes (the
+    // ones past those it decoded are rewritten by the next), so four lookups from j store
+    // up to byte j + 12.
+    auto triple_step = [&](uint32_t& j) {
+      const uint32_t e = triples[r.peek() & (kDecodeTableSize - 1)];
+      std::memcpy(mask + j, &e, 4);
+      r.consume((e >> 24) & 15u);
+      j += e >> 28;
+      return e >> 28 != 0;
+    };
     uint32_t j = 0;
-    for (; j + 4 <= mask_len; j += 4) {
-      r.refill();  // at least 56 bits: four codes of at most 12
-      step(j);
-      step(j + 1);
-      step(j + 2);
-      step(j + 3);
+    bool valid = true;
+    while (valid && j + 13 <= mask_len) {
+      r.refill();  // at least 56 bits: four lookups of at most 12
+      valid = triple_step(j) && triple_step(j) && triple_step(j) && triple_step(j);
     }
-    for (; j < mask_len; ++j) {
+    while (valid && j + 4 <= mask_len) {
+      r.refill();
+      valid = triple_step(j);
+    }
+    bad |= uint32_t(!valid);
+    for (; j < mask_len && valid; ++j) {
       r.refill();
       step(j);
     }
@@ -665,7 +712,8 @@ Status decode_chunk(const uint8_t* payload, const Header& h, const Decoders& dec
           BitReader(lanes + kLaneTableBytes + lane_bytes[0] + lane_bytes[1],
                     lanes + kLaneTableBytes + lane_bytes[0] + lane_bytes[1] + lane_bytes[2]),
           BitReader(lanes + kLaneTableBytes + lane_bytes[0] + lane_bytes[1] + lane_bytes[2], lanes + ch.code_bytes)};
-      const bool valid = huffman_decode_lanes(table, dec.use_pairs() ? dec.code_pairs.data() : nullptr, r, coded, u);
+      const bool valid = huffman_decode_lanes(table, dec.use_pairs() ? dec.code_pairs.data() : nullptr, dec.max_bits, r,
+                                              coded, u);
       if (!valid) return format_error("chunk %u: invalid code", c);
       for (uint32_t l = 0; l < kCodeLanes; ++l)
         if (!section_fits(r[l], uint32_t(lane_bytes[l]), r[l].consumed_bits()))
@@ -778,6 +826,7 @@ Status decompress(const void* stream, uint64_t stream_bytes, void* out, uint64_t
   Decoders dec;
   if (!dec.mask.build(h.mask_lengths) || !dec.code.build(h.code_lengths))
     return format_error("invalid codebook");
+  if (!dec.mask.table.empty()) build_mask_triples(dec.mask, &dec.mask_triples);
   dec.widen(h.direct_log2);
   const uint8_t* payload = bytes + h.header_bytes;
   uint8_t* dst = static_cast<uint8_t*>(out);

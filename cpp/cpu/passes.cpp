@@ -2,6 +2,7 @@
 // done in uint32_t (wrapping, defined), and range checks are made on the wrapped values.
 #include "cpu/passes.h"
 
+#include "codec/chunk.h"
 #include "codec/format.h"
 #include "codec/huffman.h"
 
@@ -128,54 +129,193 @@ inline uint32_t unzigzag_bits(uint32_t u) { return (u >> 1) ^ (0u - (u & 1u)); }
 inline uint32_t out_of_range(uint32_t q) { return uint32_t(q + uint32_t(kMaxQ) > 2u * uint32_t(kMaxQ)); }
 inline uint32_t is_coded_code(int32_t c) { return uint32_t(c != 0) & uint32_t(c != kOutlierCode); }
 
-template <int kDT, class T>
+// The value coded without prediction, code_to_u(c), without branches (meaningless, but
+// defined, for kOutlierCode).
+inline uint32_t u_of_code(int32_t c) {
+  const uint32_t neg = uint32_t(c) >> 31;
+  const uint32_t mag = (uint32_t(c) ^ (0u - neg)) + neg;  // |c|, wrapping for kOutlierCode
+  return 2u * (mag - 1u) + neg;
+}
+
+// Blocks of classification, each followed by the outputs derived from its codes while
+// they are in L1; two loops, because GCC threads the counts' tests into the classifying
+// loop's selects, and that loop then does not vectorize.
+template <int kDT, bool kQ, bool kU, class T>
 inline void classify_codes_loop(const T* __restrict x, uint32_t n, const Quantizer& quantizer,
-                                int32_t* __restrict codes, int32_t* __restrict q_out) {
+                                int32_t* __restrict codes, int32_t* __restrict q_out, uint32_t* __restrict u_out,
+                                uint32_t* zeros, uint32_t* outliers) {
   const Quantizer qz = quantizer;  // a local copy: no aliasing with the outputs
-  if (q_out == nullptr) {
-    for (uint32_t i = 0; i < n; ++i) codes[i] = classify_code<kDT>(load_elem<kDT>(x, i), qz);
-    return;
-  }
-  for (uint32_t i = 0; i < n; ++i) {
-    const int32_t c = classify_code<kDT>(load_elem<kDT>(x, i), qz);
-    codes[i] = c;
-    q_out[i] = c == kOutlierCode ? 0 : code_to_q(c);
-  }
-}
-
-}  // namespace
-
-ACTZIP_MULTIVERSION_WIDE void classify_codes_f32(const float* x, uint32_t n, const Quantizer& qz, int32_t* codes,
-                                            int32_t* q_out) {
-  classify_codes_loop<1>(x, n, qz, codes, q_out);
-}
-ACTZIP_MULTIVERSION_WIDE void classify_codes_f16(const uint16_t* x, uint32_t n, const Quantizer& qz, int32_t* codes,
-                                            int32_t* q_out) {
-  classify_codes_loop<2>(x, n, qz, codes, q_out);
-}
-ACTZIP_MULTIVERSION_WIDE void classify_codes_bf16(const uint16_t* x, uint32_t n, const Quantizer& qz, int32_t* codes,
-                                             int32_t* q_out) {
-  classify_codes_loop<3>(x, n, qz, codes, q_out);
-}
-
-ACTZIP_MULTIVERSION void count_classes(const int32_t* codes, uint32_t n, uint32_t* zeros, uint32_t* outliers) {
+  constexpr uint32_t kBlock = 512;
   uint32_t z = 0, o = 0;
-  for (uint32_t i = 0; i < n; ++i) {
-    z += codes[i] == 0;
-    o += codes[i] == kOutlierCode;
+  for (uint32_t i0 = 0; i0 < n; i0 += kBlock) {
+    const uint32_t end = std::min(n, i0 + kBlock);
+    for (uint32_t i = i0; i < end; ++i) codes[i] = classify_code<kDT>(load_elem<kDT>(x, i), qz);
+    for (uint32_t i = i0; i < end; ++i) {
+      const int32_t c = codes[i];
+      if (kQ) q_out[i] = c == kOutlierCode ? 0 : code_to_q(c);
+      if (kU) u_out[i] = u_of_code(c);
+      z += c == 0;
+      o += c == kOutlierCode;
+    }
   }
   *zeros = z;
   *outliers = o;
 }
 
+template <int kDT, class T>
+inline void classify_codes_any(const T* x, uint32_t n, const Quantizer& qz, int32_t* codes, int32_t* q_out,
+                               uint32_t* u_out, uint32_t* zeros, uint32_t* outliers) {
+  if (q_out) classify_codes_loop<kDT, true, false>(x, n, qz, codes, q_out, nullptr, zeros, outliers);
+  else if (u_out) classify_codes_loop<kDT, false, true>(x, n, qz, codes, nullptr, u_out, zeros, outliers);
+  else classify_codes_loop<kDT, false, false>(x, n, qz, codes, nullptr, nullptr, zeros, outliers);
+}
+
+}  // namespace
+
+void SampleTally::clear() { std::memset(this, 0, sizeof *this); }
+
+namespace {
+// fine_bin() in a form that vectorizes: floor_log2(u) of a u >= 2^kMaxDirectLog2 from the
+// exponent of float(u >> 8), which is exact (u >> 8 < 2^24).
+inline uint32_t fine_bin_lanes(uint32_t u) {
+  const uint32_t log2 = (f32_bits(float(int32_t(u >> 8))) >> 23) - 127u + 8u;
+  return u < (1u << kMaxDirectLog2) ? u : (1u << kMaxDirectLog2) + log2 - uint32_t(kMaxDirectLog2);
+}
+}  // namespace
+
+ACTZIP_MULTIVERSION void sample_run_counts(const int32_t* __restrict codes, uint32_t context, uint32_t n,
+                                           uint32_t first, uint32_t col0, uint32_t row, SampleTally* __restrict tally,
+                                           uint64_t* __restrict mask_hist) {
+  (void)first;  // the zeros before the window stand for the neighbours outside the chunk
+  // Per run element: whether it is coded, its q, and its fine bin under each predictor
+  // (kSampleTrashBin where it is not coded).
+  uint32_t is_coded[kSampleRun], bin_none[kSampleRun], bin_lor[kSampleRun], bin_2d[kSampleRun];
+  int32_t q[kSampleRun];
+  const int32_t* run = codes + context;
+  uint32_t sign_bits = 0, coded = 0;
+  for (uint32_t j = 0; j < n; ++j) {
+    const int32_t c = run[j];
+    const uint32_t yes = is_coded_code(c);
+    const int32_t qv = yes ? code_to_q(c) : 0;
+    is_coded[j] = yes;
+    q[j] = qv;
+    bin_none[j] = yes ? fine_bin_lanes(u_of_code(c)) : kSampleTrashBin;
+    sign_bits += yes & uint32_t(qv == 0);
+    coded += yes;
+  }
+  // 1-D Lorenzo: the previous coded element's q predicts (the one serial step).
+  int32_t prev = 0;
+  for (uint32_t j = 0; j < n; ++j) {
+    bin_lor[j] = uint32_t(q[j] - prev);
+    prev = is_coded[j] ? q[j] : prev;
+  }
+  for (uint32_t j = 0; j < n; ++j)
+    bin_lor[j] = is_coded[j] ? fine_bin_lanes(zigzag_bits(int32_t(bin_lor[j]))) : kSampleTrashBin;
+  for (uint32_t j = 0; j < n; ++j) {
+    ++tally->none[bin_none[j]];
+    ++tally->lor[bin_lor[j]];
+  }
+  if (row) {
+    // The window's q after row + 1 zeros: neighbours before the chunk (or above its first
+    // row) read zeros, as absent ones count.
+    constexpr uint32_t kPad = kMax2DRow + 1;
+    int32_t grid[kPad + kSampleWindow];
+    for (uint32_t i = 0; i < kPad; ++i) grid[i] = 0;
+    for (uint32_t i = 0; i < context + n; ++i) grid[kPad + i] = codes[i] == kOutlierCode ? 0 : code_to_q(codes[i]);
+    const int32_t* g = grid + kPad + context;  // g[j]: run element j
+    for (uint32_t j = 0; j < n; ++j) {
+      int32_t p = g[int64_t(j) - 1] + g[int64_t(j) - row] - g[int64_t(j) - row - 1];
+      p = std::min(std::max(p, -kMaxQ), kMaxQ);
+      bin_2d[j] = zigzag_bits(q[j] - p);
+    }
+    // The first element of a row has no left neighbour, hence no upper-left one either.
+    for (uint32_t j = col0 == 0 ? 0 : row - col0; j < n; j += row) bin_2d[j] = zigzag_bits(q[j] - g[int64_t(j) - row]);
+    for (uint32_t j = 0; j < n; ++j) bin_2d[j] = is_coded[j] ? fine_bin_lanes(bin_2d[j]) : kSampleTrashBin;
+    for (uint32_t j = 0; j < n; ++j) ++tally->lor2d[bin_2d[j]];
+  }
+  for (uint32_t j0 = 0; j0 < n; j0 += 8) {
+    const uint32_t m = std::min<uint32_t>(8, n - j0);
+    uint32_t byte = 0;
+    for (uint32_t b = 0; b < m; ++b) byte |= is_coded[j0 + b] << b;
+    ++mask_hist[byte];
+  }
+  tally->sign_bits += sign_bits;
+  tally->coded += coded;
+}
+
+namespace {
+#if ACTZIP_AVX2_PASSES
+// Bit b set where hist[b] != 0, for 64 counters.
+ACTZIP_TARGET_AVX2 uint64_t nonzero_bits64_avx2(const uint32_t* hist) {
+  uint64_t zero = 0;
+  for (uint32_t k = 0; k < 8; ++k) {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(hist + 8 * k));
+    zero |= uint64_t(movemask32(_mm256_cmpeq_epi32(h, _mm256_setzero_si256()))) << (8 * k);
+  }
+  return ~zero;
+}
+#endif
+
+// Bit b set where hist[b] != 0, for m <= 64 counters.
+inline uint64_t nonzero_bits(const uint32_t* hist, uint32_t m) {
+#if ACTZIP_AVX2_PASSES
+  if (m == 64 && avx2_passes) return nonzero_bits64_avx2(hist);
+#endif
+  uint64_t nonzero = 0;
+  for (uint32_t b = 0; b < m; ++b) nonzero |= uint64_t(hist[b] != 0) << b;
+  return nonzero;
+}
+
+// fine_cost_bits() over the bins that are not empty, in the same order: the same sum.
+double sampled_cost_bits(const uint32_t* hist, uint32_t total, const float* nlog2n) {
+  double bits = nlog2n[total];
+  for (uint32_t w0 = 0; w0 < kFineAlphabet; w0 += 64) {
+    uint64_t nonzero = nonzero_bits(hist + w0, std::min<uint32_t>(64, kFineAlphabet - w0));
+    for (; nonzero; nonzero &= nonzero - 1) {
+      const uint32_t b = w0 + uint32_t(__builtin_ctzll(nonzero));
+      const uint32_t count = hist[b];
+      bits -= nlog2n[count];
+      if (b >= (1u << kMaxDirectLog2)) bits += double(count) * (b - (1u << kMaxDirectLog2) + kMaxDirectLog2);
+    }
+  }
+  return bits;
+}
+}  // namespace
+
+uint8_t choose_sampled_predictor(const SampleTally& tally, bool with_2d, const float* nlog2n,
+                                 const uint32_t** chosen) {
+  // choose_predictor()'s comparisons on the same costs.
+  const double none = sampled_cost_bits(tally.none, tally.coded, nlog2n);
+  const double lor = sampled_cost_bits(tally.lor, tally.coded, nlog2n) + tally.sign_bits;
+  const double lor2d = with_2d ? sampled_cost_bits(tally.lor2d, tally.coded, nlog2n) + tally.sign_bits : 0.0;
+  if (lor < none && (!with_2d || lor <= lor2d)) {
+    *chosen = tally.lor;
+    return kChunkLorenzo;
+  }
+  if (with_2d && lor2d < none) {
+    *chosen = tally.lor2d;
+    return kChunkLorenzo2D;
+  }
+  *chosen = tally.none;
+  return 0;
+}
+
+ACTZIP_MULTIVERSION_WIDE void classify_codes_f32(const float* x, uint32_t n, const Quantizer& qz, int32_t* codes,
+                                                 int32_t* q_out, uint32_t* u_out, uint32_t* zeros, uint32_t* outliers) {
+  classify_codes_any<1>(x, n, qz, codes, q_out, u_out, zeros, outliers);
+}
+ACTZIP_MULTIVERSION_WIDE void classify_codes_f16(const uint16_t* x, uint32_t n, const Quantizer& qz, int32_t* codes,
+                                                 int32_t* q_out, uint32_t* u_out, uint32_t* zeros, uint32_t* outliers) {
+  classify_codes_any<2>(x, n, qz, codes, q_out, u_out, zeros, outliers);
+}
+ACTZIP_MULTIVERSION_WIDE void classify_codes_bf16(const uint16_t* x, uint32_t n, const Quantizer& qz, int32_t* codes,
+                                                 int32_t* q_out, uint32_t* u_out, uint32_t* zeros, uint32_t* outliers) {
+  classify_codes_any<3>(x, n, qz, codes, q_out, u_out, zeros, outliers);
+}
+
 ACTZIP_MULTIVERSION void codes_to_u(const int32_t* codes, uint32_t n, uint32_t* u) {
   // May run in place (codes == u): each element is read before it is written.
-  for (uint32_t i = 0; i < n; ++i) {
-    const int32_t c = codes[i];
-    const uint32_t neg = uint32_t(c) >> 31;
-    const uint32_t mag = (uint32_t(c) ^ (0u - neg)) + neg;  // |c|, wrapping for kOutlierCode
-    u[i] = 2u * (mag - 1u) + neg;
-  }
+  for (uint32_t i = 0; i < n; ++i) u[i] = u_of_code(codes[i]);
 }
 
 ACTZIP_MULTIVERSION void lorenzo1d_residuals(const int32_t* __restrict q, uint32_t n, uint32_t* __restrict u) {
@@ -243,9 +383,32 @@ uint32_t compact_coded(const int32_t* __restrict codes, uint32_t n, uint32_t* va
   return t;
 }
 
+namespace {
+#if ACTZIP_AVX2_PASSES
+// Whole groups of 32 elements: a bit mask of the outliers, then one store per outlier.
+ACTZIP_TARGET_AVX2 uint32_t outlier_positions_avx2(const int32_t* codes, uint32_t n, uint16_t* pos, uint32_t* done) {
+  const __m256i outlier = _mm256_set1_epi32(kOutlierCode);
+  uint32_t o = 0, i0 = 0;
+  for (; i0 + 32 <= n; i0 += 32) {
+    uint32_t m = 0;
+    for (uint32_t k = 0; k < 4; ++k) {
+      const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + i0 + 8 * k));
+      m |= movemask32(_mm256_cmpeq_epi32(c, outlier)) << (8 * k);
+    }
+    for (; m; m &= m - 1) pos[o++] = uint16_t(i0 + uint32_t(__builtin_ctz(m)));
+  }
+  *done = i0;
+  return o;
+}
+#endif
+}  // namespace
+
 uint32_t outlier_positions(const int32_t* __restrict codes, uint32_t n, uint16_t* __restrict pos) {
-  uint32_t o = 0;
-  for (uint32_t i = 0; i < n; ++i) {
+  uint32_t o = 0, i = 0;
+#if ACTZIP_AVX2_PASSES
+  if (avx2_passes) o = outlier_positions_avx2(codes, n, pos, &i);
+#endif
+  for (; i < n; ++i) {
     pos[o] = uint16_t(i);
     o += codes[i] == kOutlierCode;
   }
@@ -333,35 +496,9 @@ void build_code_tables(const HuffmanEncoder& code, int k, uint32_t* code_len, ui
 
 namespace {
 
-// FastBitWriter for puts of at most 56 bits, which never fill the accumulator: one store
-// and three shifts a put.
-class LaneWriter {
- public:
-  explicit LaneWriter(uint8_t* begin) : begin_(begin), p_(begin) {}
-  void put(uint64_t value, uint32_t nbits) {  // value < 2^nbits, nbits <= 56
-    acc_ |= value << fill_;
-    fill_ += nbits;
-    std::memcpy(p_, &acc_, 8);  // little-endian hosts (bitio.h checks)
-    p_ += fill_ >> 3;
-    acc_ >>= fill_ & 56u;
-    fill_ &= 7u;
-  }
-  // Writes the last partial byte; returns the bytes written.
-  uint64_t flush() {
-    std::memcpy(p_, &acc_, 8);
-    return uint64_t(p_ - begin_) + (fill_ > 0 ? 1 : 0);
-  }
-
- private:
-  uint8_t* begin_;
-  uint8_t* p_;
-  uint64_t acc_ = 0;
-  uint32_t fill_ = 0;
-};
-
 // Appends the code of any value (the general case of huffman_encode_lanes): at most 12
 // bits of code and 24 extra bits.
-__attribute__((always_inline)) inline void put_value(LaneWriter& w, uint32_t v, const uint32_t* code_len, int k) {
+__attribute__((always_inline)) inline void put_value(FastBitWriter& w, uint32_t v, const uint32_t* code_len, int k) {
   const uint32_t direct = 1u << k;
   const int b = floor_log2(v | 1u);
   const bool is_class = v >= direct;
@@ -379,10 +516,10 @@ __attribute__((always_inline)) inline void encode_lanes_body(const uint32_t* __r
                                                              uint8_t* lanes, uint64_t lane_stride,
                                                              uint64_t* lane_bytes) {
   static_assert(kCodeLanes == 4, "the loop below writes four lanes");
-  LaneWriter w0(lanes), w1(lanes + lane_stride), w2(lanes + 2 * lane_stride), w3(lanes + 3 * lane_stride);
+  FastBitWriter w0(lanes), w1(lanes + lane_stride), w2(lanes + 2 * lane_stride), w3(lanes + 3 * lane_stride);
   // Values t and t + 4 go to the same lane: while both are small their codes (at most 23
   // bits each) are joined and written with one put.
-  auto put_pair = [&](LaneWriter& w, uint32_t v0, uint32_t v1) {
+  auto put_pair = [&](FastBitWriter& w, uint32_t v0, uint32_t v1) {
     const uint32_t e0 = small[v0], e1 = small[v1];
     const uint32_t n0 = e0 >> 24;
     w.put(uint64_t(e0 & 0xFFFFFFu) | (uint64_t(e1 & 0xFFFFFFu) << n0), n0 + (e1 >> 24));
@@ -406,7 +543,7 @@ __attribute__((always_inline)) inline void encode_lanes_body(const uint32_t* __r
       put_value(w3, v[7], code_len, k);
     }
   }
-  LaneWriter* w[kCodeLanes] = {&w0, &w1, &w2, &w3};
+  FastBitWriter* w[kCodeLanes] = {&w0, &w1, &w2, &w3};
   for (; t < n; ++t) put_value(*w[t % kCodeLanes], u[t], code_len, k);
   for (uint32_t l = 0; l < kCodeLanes; ++l) lane_bytes[l] = w[l]->flush();
 }
@@ -428,7 +565,7 @@ __attribute__((target("avx2,popcnt,bmi,bmi2"))) void encode_lanes_avx2(const uin
   alignas(32) uint64_t pair_bits[4 * kGroups];
   alignas(16) uint32_t pair_len[4 * kGroups];
   uint32_t all_small[kGroups];
-  LaneWriter w0(lanes), w1(lanes + lane_stride), w2(lanes + 2 * lane_stride), w3(lanes + 3 * lane_stride);
+  FastBitWriter w0(lanes), w1(lanes + lane_stride), w2(lanes + 2 * lane_stride), w3(lanes + 3 * lane_stride);
   const __m256i largest = _mm256_set1_epi32(int(kSmallValues - 1)), code_bits = _mm256_set1_epi32(0xFFFFFF);
   uint32_t t = 0;
   while (t + 8 <= n) {
@@ -466,7 +603,7 @@ __attribute__((target("avx2,popcnt,bmi,bmi2"))) void encode_lanes_avx2(const uin
       }
     }
   }
-  LaneWriter* w[kCodeLanes] = {&w0, &w1, &w2, &w3};
+  FastBitWriter* w[kCodeLanes] = {&w0, &w1, &w2, &w3};
   for (; t < n; ++t) put_value(*w[t % kCodeLanes], u[t], code_len, k);
   for (uint32_t l = 0; l < kCodeLanes; ++l) lane_bytes[l] = w[l]->flush();
 }
@@ -833,10 +970,19 @@ namespace {
 // One value of one lane: the table entry gives the code's length, the extra bits'
 // count and their sum, and either the value (a direct symbol) or the class flag whose
 // 1 << extra bits starts the value.
-template <bool kChecked>
-__attribute__((always_inline)) inline void decode_step(const uint32_t* table, BitReader& rd, uint32_t* out) {
-  if (kChecked) rd.refill();
-  else rd.refill_unchecked();
+// kAlways false: refills only when fewer than `need` bits (as many as a value may take)
+// wait, which after a refill is rare: the refill's load then leaves the chain of
+// dependent steps, on a branch that is easy to predict.
+template <bool kChecked, bool kAlways = true>
+__attribute__((always_inline)) inline void decode_step(const uint32_t* table, BitReader& rd, uint32_t* out,
+                                                       uint32_t need = 0) {
+  if (!kAlways) {
+    if (uint32_t(rd.available()) < need) rd.refill_unchecked();
+  } else if (kChecked) {
+    rd.refill();
+  } else {
+    rd.refill_unchecked();
+  }
   const uint64_t bits = rd.peek();
   const uint32_t e = table[bits & (kDecodeTableSize - 1)];
   const uint32_t len = (e >> 12) & 15u, eb = (e >> 16) & 31u, total = (e >> 21) & 63u;
@@ -847,9 +993,10 @@ __attribute__((always_inline)) inline void decode_step(const uint32_t* table, Bi
 
 // One step of one lane with the pair table: one or two values, lane positions pos and
 // pos + 4 (the caller guarantees both exist).
+template <bool kAlways = true>  // as decode_step's
 __attribute__((always_inline)) inline void decode_pair_step(const uint32_t* pairs, BitReader& rd, uint32_t* u,
-                                                            uint32_t& pos) {
-  rd.refill_unchecked();
+                                                            uint32_t& pos, uint32_t need = 0) {
+  if (kAlways || uint32_t(rd.available()) < need) rd.refill_unchecked();
   const uint64_t bits = rd.peek();
   const uint32_t e = pairs[bits & (kDecodeTableSize - 1)];
   rd.consume(e & 63u);
@@ -864,9 +1011,10 @@ __attribute__((always_inline)) inline void decode_pair_step(const uint32_t* pair
   }
 }
 
-// One value a step: for codes too long to pair often.
+// One value a step: for codes too long to pair often. `need`: the most bits a step takes.
 __attribute__((always_inline)) inline void decode_singles(const uint32_t* table, BitReader& r0, BitReader& r1,
-                                                          BitReader& r2, BitReader& r3, uint32_t n, uint32_t* u) {
+                                                          BitReader& r2, BitReader& r3, uint32_t n, uint32_t* u,
+                                                          uint32_t need) {
   uint32_t t = 0;
   while (t + 4 <= n) {
     // Groups of four whose refills need no bounds check: each refill advances at most 7
@@ -882,7 +1030,18 @@ __attribute__((always_inline)) inline void decode_singles(const uint32_t* table,
       t += 4;
       continue;
     }
-    for (const uint32_t end = t + 4 * uint32_t(safe); t < end; t += 4) {  // four independent chains
+    const uint32_t end = t + 4 * uint32_t(safe);
+    for (; t + 8 <= end; t += 8) {  // four independent chains; the second steps mostly skip the refill
+      decode_step<false>(table, r0, u + t);
+      decode_step<false>(table, r1, u + t + 1);
+      decode_step<false>(table, r2, u + t + 2);
+      decode_step<false>(table, r3, u + t + 3);
+      decode_step<false, false>(table, r0, u + t + 4, need);
+      decode_step<false, false>(table, r1, u + t + 5, need);
+      decode_step<false, false>(table, r2, u + t + 6, need);
+      decode_step<false, false>(table, r3, u + t + 7, need);
+    }
+    for (; t < end; t += 4) {  // four independent chains
       decode_step<false>(table, r0, u + t);
       decode_step<false>(table, r1, u + t + 1);
       decode_step<false>(table, r2, u + t + 2);
@@ -894,10 +1053,10 @@ __attribute__((always_inline)) inline void decode_singles(const uint32_t* table,
   if (t < n) decode_step<true>(table, r2, u + t), ++t;
 }
 
-// One or two values a step.
+// One or two values a step. `need`: the most bits a step takes.
 __attribute__((always_inline)) inline void decode_pairs(const uint32_t* table, const uint32_t* pairs, BitReader& r0,
                                                         BitReader& r1, BitReader& r2, BitReader& r3, uint32_t n,
-                                                        uint32_t* u) {
+                                                        uint32_t* u, uint32_t need) {
   // Lane l decodes the values l, l + 4, l + 8, ...; pos_l is its next one. The lanes
   // advance by one or two values a step, so they drift apart a little; each finishes on
   // its own.
@@ -910,7 +1069,18 @@ __attribute__((always_inline)) inline void decode_pairs(const uint32_t* table, c
     for (const BitReader* r : {&r0, &r1, &r2, &r3})
       steps = std::min<uint64_t>(steps, r->bytes_left() >= 8 ? (r->bytes_left() - 8) / 7 + 1 : 0);
     if (steps == 0) break;
-    for (uint64_t s = 0; s < steps; ++s) {  // four independent chains
+    uint64_t s = 0;
+    for (; s + 2 <= steps; s += 2) {  // four independent chains; the second steps mostly skip the refill
+      decode_pair_step(pairs, r0, u, pos0);
+      decode_pair_step(pairs, r1, u, pos1);
+      decode_pair_step(pairs, r2, u, pos2);
+      decode_pair_step(pairs, r3, u, pos3);
+      decode_pair_step<false>(pairs, r0, u, pos0, need);
+      decode_pair_step<false>(pairs, r1, u, pos1, need);
+      decode_pair_step<false>(pairs, r2, u, pos2, need);
+      decode_pair_step<false>(pairs, r3, u, pos3, need);
+    }
+    for (; s < steps; ++s) {  // four independent chains
       decode_pair_step(pairs, r0, u, pos0);
       decode_pair_step(pairs, r1, u, pos1);
       decode_pair_step(pairs, r2, u, pos2);
@@ -924,12 +1094,13 @@ __attribute__((always_inline)) inline void decode_pairs(const uint32_t* table, c
 }
 
 __attribute__((always_inline)) inline bool decode_lanes_body(const uint32_t* table, const uint32_t* pairs,
-                                                             BitReader* lanes, uint32_t n, uint32_t* u) {
+                                                             uint32_t need, BitReader* lanes, uint32_t n,
+                                                             uint32_t* u) {
   static_assert(kCodeLanes == 4, "the loops read four lanes");
   // Locals, not the array, so that the readers live in registers.
   BitReader r0 = lanes[0], r1 = lanes[1], r2 = lanes[2], r3 = lanes[3];
-  if (pairs) decode_pairs(table, pairs, r0, r1, r2, r3, n, u);
-  else decode_singles(table, r0, r1, r2, r3, n, u);
+  if (pairs) decode_pairs(table, pairs, r0, r1, r2, r3, n, u, need);
+  else decode_singles(table, r0, r1, r2, r3, n, u, need);
   lanes[0] = r0;
   lanes[1] = r1;
   lanes[2] = r2;
@@ -941,9 +1112,9 @@ __attribute__((always_inline)) inline bool decode_lanes_body(const uint32_t* tab
 }
 
 #if ACTZIP_AVX2_PASSES
-ACTZIP_TARGET_BMI2 bool decode_lanes_bmi2(const uint32_t* table, const uint32_t* pairs, BitReader* lanes, uint32_t n,
-                                          uint32_t* u) {
-  return decode_lanes_body(table, pairs, lanes, n, u);
+ACTZIP_TARGET_BMI2 bool decode_lanes_bmi2(const uint32_t* table, const uint32_t* pairs, uint32_t need,
+                                          BitReader* lanes, uint32_t n, uint32_t* u) {
+  return decode_lanes_body(table, pairs, need, lanes, n, u);
 }
 #endif
 
@@ -985,11 +1156,21 @@ uint32_t build_pair_table(const uint32_t* table, uint32_t* pairs) {
   return two;
 }
 
-bool huffman_decode_lanes(const uint32_t* table, const uint32_t* pairs, BitReader* lanes, uint32_t n, uint32_t* u) {
+uint32_t max_value_bits(const uint32_t* table) {
+  uint32_t most = 0;
+  for (uint32_t j = 0; j < kDecodeTableSize; ++j) most = std::max(most, (table[j] >> 21) & 63u);
+  return most;
+}
+
+bool huffman_decode_lanes(const uint32_t* table, const uint32_t* pairs, uint32_t max_bits, BitReader* lanes,
+                          uint32_t n, uint32_t* u) {
+  // A step takes at most max_bits (a pair step that yields two values at most
+  // kMaxCodeLen); a refill leaves at least 56.
+  const uint32_t need = std::min<uint32_t>(std::max<uint32_t>(max_bits, kMaxCodeLen), 56);
 #if ACTZIP_AVX2_PASSES
-  if (bmi2_passes) return decode_lanes_bmi2(table, pairs, lanes, n, u);
+  if (bmi2_passes) return decode_lanes_bmi2(table, pairs, need, lanes, n, u);
 #endif
-  return decode_lanes_body(table, pairs, lanes, n, u);
+  return decode_lanes_body(table, pairs, need, lanes, n, u);
 }
 
 void force_portable_passes(bool on) {

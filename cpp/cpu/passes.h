@@ -38,16 +38,43 @@ inline constexpr uint32_t kUncodedValue = 0xFFFFFFFFu;
 // while other threads run passes.
 void force_portable_passes(bool on);
 
+// ---- Sampling ----
+
+// The sampled histograms of one chunk, as chunk.h's PredictorHist counts them, with one
+// more bin (kSampleTrashBin) that takes the elements a run does not count, so that the
+// counting loop has no branch. Clear before each chunk.
+inline constexpr uint32_t kSampleTrashBin = kFineAlphabet;
+struct SampleTally {
+  uint32_t none[kFineAlphabet + 1], lor[kFineAlphabet + 1], lor2d[kFineAlphabet + 1];
+  uint32_t sign_bits, coded;
+  void clear();
+};
+
+// chunk.h's sample_run with a LocalSampleCount over `tally` and `mask_hist` (256 counters):
+// the same counts, from loops that vectorize instead of one branchy loop per element.
+// `codes` holds the run's codes preceded by `context` codes of the chunk (n <= kSampleRun,
+// context <= kMax2DRow + 1). Of the context, only the upper neighbours (positions up to
+// n) and the left one (context - 1) change the counts: with context = row + 1, positions
+// n + 1 .. row - 1 may hold any code.
+void sample_run_counts(const int32_t* codes, uint32_t context, uint32_t n, uint32_t first, uint32_t col0, uint32_t row,
+                       SampleTally* tally, uint64_t* mask_hist);
+
+// chunk.h's choose_predictor for a SampleTally: the same costs, summed in the same order
+// (so the same doubles and the same choice), visiting only the bins that are not empty.
+uint8_t choose_sampled_predictor(const SampleTally& tally, bool with_2d, const float* nlog2n, const uint32_t** chosen);
+
 // ---- Encoder ----
 
-// codes[i] = classify_code(x[i]) for the chunk's elements (q_out optional: the quantized
-// value of each coded element, 0 for zeros and outliers).
-void classify_codes_f32(const float* x, uint32_t n, const Quantizer& qz, int32_t* codes, int32_t* q_out);
-void classify_codes_f16(const uint16_t* x, uint32_t n, const Quantizer& qz, int32_t* codes, int32_t* q_out);
-void classify_codes_bf16(const uint16_t* x, uint32_t n, const Quantizer& qz, int32_t* codes, int32_t* q_out);
-
-// Counts the zeros (code 0) and outliers (kOutlierCode) of a chunk.
-void count_classes(const int32_t* codes, uint32_t n, uint32_t* zeros, uint32_t* outliers);
+// codes[i] = classify_code(x[i]) for the chunk's elements, and optionally, for each
+// element, q_out[i] (its quantized value; 0 for zeros and outliers) or u_out[i]
+// (codes_to_u below): at most one of the two. *zeros and *outliers get the
+// numbers of zeros (code 0) and outliers (kOutlierCode). Classifying is the costly part; the rest rides along.
+void classify_codes_f32(const float* x, uint32_t n, const Quantizer& qz, int32_t* codes, int32_t* q_out,
+                        uint32_t* u_out, uint32_t* zeros, uint32_t* outliers);
+void classify_codes_f16(const uint16_t* x, uint32_t n, const Quantizer& qz, int32_t* codes, int32_t* q_out,
+                        uint32_t* u_out, uint32_t* zeros, uint32_t* outliers);
+void classify_codes_bf16(const uint16_t* x, uint32_t n, const Quantizer& qz, int32_t* codes, int32_t* q_out,
+                         uint32_t* u_out, uint32_t* zeros, uint32_t* outliers);
 
 // u[i] = code_to_u(codes[i]) (meaningless for uncoded elements, which are dropped later).
 void codes_to_u(const int32_t* codes, uint32_t n, uint32_t* u);
@@ -112,7 +139,13 @@ uint32_t build_pair_table(const uint32_t* table, uint32_t* pairs);
 // Huffman-decodes n values into u, value t from lanes[t % kCodeLanes], with the tables
 // above (pairs may be null: one value a lookup). Returns false when some code is invalid.
 // The readers are left where decoding stopped, for the caller's length checks.
-bool huffman_decode_lanes(const uint32_t* table, const uint32_t* pairs, BitReader* lanes, uint32_t n, uint32_t* u);
+// max_bits: max_value_bits(table), or more (a step refills a lane only when fewer bits
+// than that wait).
+bool huffman_decode_lanes(const uint32_t* table, const uint32_t* pairs, uint32_t max_bits, BitReader* lanes,
+                          uint32_t n, uint32_t* u);
+
+// The most bits one value of `table` (build_value_table) takes: code and extra bits.
+uint32_t max_value_bits(const uint32_t* table);
 
 // Spreads the coded elements' values over the chunk grid: grid[i] = values[t] for the
 // t-th coded element (mask bit set), kUncodedValue elsewhere. mask holds (n + 7) / 8 bytes.
