@@ -3,9 +3,11 @@
 // Why not OpenMP: libgomp's idle workers spin after each parallel region, and torch ships
 // its own OpenMP runtime with its own spinning pool. Between torch's operators, actzip's
 // spinning workers took the cores torch needed (single-threaded calls ran up to 20x
-// slower after a parallel one on this 2-core machine). These workers block on a
-// condition variable as soon as a job is done; only a caller whose job is still running
-// on the workers spins (for at most 100 microseconds) before it blocks.
+// slower after a parallel one on this 2-core machine). These workers spin for at most 100
+// microseconds after a job, since a compression runs three or four jobs back to back, and
+// then block on a condition variable; a caller waiting for its helpers spins as long.
+// (Measured: two threads went from 1.66x to 1.95x one thread on 2 MB tensors, and the
+// step time of training with compression did not change within the machine's noise.)
 #pragma once
 
 #include <cstdint>
