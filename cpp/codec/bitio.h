@@ -1,28 +1,31 @@
-// Little-endian field helpers and LSB-first bit streams (docs/FORMAT.md section 5).
+// Little-endian field helpers (also for the GPU: any alignment, byte by byte) and LSB-first
+// bit streams (docs/FORMAT.md section 5).
 #pragma once
 
 #include <cstdint>
 #include <cstring>
 
+#include "codec/hd.h"
+
 namespace actzip {
 namespace detail {
 
-inline void put_u8(uint8_t* p, uint8_t v) { p[0] = v; }
-inline void put_u16(uint8_t* p, uint16_t v) {
+ACTZIP_HD void put_u8(uint8_t* p, uint8_t v) { p[0] = v; }
+ACTZIP_HD void put_u16(uint8_t* p, uint16_t v) {
   p[0] = uint8_t(v);
   p[1] = uint8_t(v >> 8);
 }
-inline void put_u32(uint8_t* p, uint32_t v) {
+ACTZIP_HD void put_u32(uint8_t* p, uint32_t v) {
   for (int i = 0; i < 4; ++i) p[i] = uint8_t(v >> (8 * i));
 }
-inline void put_u64(uint8_t* p, uint64_t v) {
+ACTZIP_HD void put_u64(uint8_t* p, uint64_t v) {
   for (int i = 0; i < 8; ++i) p[i] = uint8_t(v >> (8 * i));
 }
-inline uint16_t get_u16(const uint8_t* p) { return uint16_t(p[0] | (p[1] << 8)); }
-inline uint32_t get_u32(const uint8_t* p) {
+ACTZIP_HD uint16_t get_u16(const uint8_t* p) { return uint16_t(p[0] | (p[1] << 8)); }
+ACTZIP_HD uint32_t get_u32(const uint8_t* p) {
   return uint32_t(p[0]) | (uint32_t(p[1]) << 8) | (uint32_t(p[2]) << 16) | (uint32_t(p[3]) << 24);
 }
-inline uint64_t get_u64(const uint8_t* p) {
+ACTZIP_HD uint64_t get_u64(const uint8_t* p) {
   return uint64_t(get_u32(p)) | (uint64_t(get_u32(p + 4)) << 32);
 }
 inline void put_f64(uint8_t* p, double v) {

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "codec/bitio.h"
 #include "codec/element.h"
 #include "codec/format.h"
 #include "codec/huffman.h"
@@ -174,22 +175,6 @@ ACTZIP_HD uint8_t choose_predictor(const PredictorHist& ph, bool with_2d, const 
 }
 
 // ---------------------------------------------------------------------------------------
-// Little-endian stores and loads that work on any alignment, host and device.
-
-ACTZIP_HD void store_le16(uint8_t* p, uint16_t v) {
-  p[0] = uint8_t(v);
-  p[1] = uint8_t(v >> 8);
-}
-ACTZIP_HD void store_le32_hd(uint8_t* p, uint32_t v) {
-  for (int i = 0; i < 4; ++i) p[i] = uint8_t(v >> (8 * i));
-}
-ACTZIP_HD uint16_t load_le16(const uint8_t* p) { return uint16_t(p[0] | (p[1] << 8)); }
-ACTZIP_HD uint32_t load_le32_hd(const uint8_t* p) {
-  return uint32_t(p[0]) | (uint32_t(p[1]) << 8) | (uint32_t(p[2]) << 16) | (uint32_t(p[3]) << 24);
-}
-ACTZIP_HD uint64_t load_le64_hd(const uint8_t* p) {
-  return uint64_t(load_le32_hd(p)) | (uint64_t(load_le32_hd(p + 4)) << 32);
-}
 // Stores a 64-bit word at an 8-byte aligned address (sections are 8-byte aligned).
 ACTZIP_HD void store_word(uint8_t* p, uint64_t w) {
 #if defined(__CUDA_ARCH__)
@@ -450,7 +435,7 @@ struct WriteSink {
   ACTZIP_HD void sign(bool negative) { signs.put(negative ? 1u : 0u, 1); }
   ACTZIP_HD void outlier(uint32_t i) {
     constexpr uint32_t es = kDT == 1 ? 4 : 2;
-    store_le16(pos + 2 * outliers, uint16_t(i));
+    put_u16(pos + 2 * outliers, uint16_t(i));
     const uint8_t* src = static_cast<const uint8_t*>(data) + (begin + i) * es;
     for (uint32_t b = 0; b < es; ++b) vals[uint64_t(outliers) * es + b] = src[b];
     ++outliers;
@@ -467,9 +452,9 @@ ACTZIP_HD void write_chunk_header_hd(const ChunkLayout& L, uint8_t* out) {
   out[0] = uint8_t(L.kind);
   out[1] = uint8_t(L.flags);
   out[2] = out[3] = 0;
-  store_le32_hd(out + 4, L.kind == kChunkCoded ? L.outliers : 0u);
-  store_le32_hd(out + 8, L.mask_bytes);
-  store_le32_hd(out + 12, L.code_bytes);
+  put_u32(out + 4, L.kind == kChunkCoded ? L.outliers : 0u);
+  put_u32(out + 8, L.mask_bytes);
+  put_u32(out + 12, L.code_bytes);
 }
 
 // Writes chunk `chunk` as measured into `dst` (L.length bytes, 8-byte aligned).
@@ -494,9 +479,9 @@ ACTZIP_HD void write_chunk(const void* data, uint64_t numel, uint32_t chunk, con
                                          WordBitWriter(nullptr)},
                    WordBitWriter(nullptr), WordBitWriter(body), nullptr, nullptr, L.mask_bytes != 0};
   if (L.code_bytes) {
-    for (uint32_t l = 0; l < kCodeLanes; ++l) store_le32_hd(code + 4 * l, L.lane_bytes[l]);
-    store_le32_hd(code + 4 * kCodeLanes, L.sign_bytes);
-    store_le32_hd(code + 4 * kCodeLanes + 4, 0);
+    for (uint32_t l = 0; l < kCodeLanes; ++l) put_u32(code + 4 * l, L.lane_bytes[l]);
+    put_u32(code + 4 * kCodeLanes, L.sign_bytes);
+    put_u32(code + 4 * kCodeLanes + 4, 0);
     uint8_t* at = code + kLaneTableBytes;
     for (uint32_t l = 0; l < kCodeLanes; ++l) {
       w.lane[l] = WordBitWriter(at);
@@ -658,10 +643,10 @@ ACTZIP_HD uint32_t parse_chunk_fields(const uint8_t* p, uint64_t span, uint32_t 
   if (span < kChunkHeaderBytes) return kErrChunkLength;
   f->kind = p[0];
   f->flags = p[1];
-  f->outliers = load_le32_hd(p + 4);
-  f->mask_bytes = load_le32_hd(p + 8);
-  f->code_bytes = load_le32_hd(p + 12);
-  if (load_le16(p + 2) != 0 || f->kind > kChunkZero) return kErrChunkHeader;
+  f->outliers = get_u32(p + 4);
+  f->mask_bytes = get_u32(p + 8);
+  f->code_bytes = get_u32(p + 12);
+  if (get_u16(p + 2) != 0 || f->kind > kChunkZero) return kErrChunkHeader;
   if (f->kind != kChunkCoded) {
     if (f->flags || f->outliers || f->mask_bytes || f->code_bytes) return kErrChunkHeader;
   } else {
@@ -685,8 +670,8 @@ ACTZIP_HD uint32_t decode_chunk_stream(const uint8_t* payload, const uint8_t* ch
   constexpr uint32_t es = kDT == 1 ? 4 : 2;
   const uint64_t begin = uint64_t(chunk) * kChunkElems;
   const uint32_t elems = p.numel - begin < kChunkElems ? uint32_t(p.numel - begin) : kChunkElems;
-  const uint64_t start = chunk == 0 ? 0 : load_le64_hd(chunk_table + 8 * uint64_t(chunk - 1));
-  const uint64_t end = load_le64_hd(chunk_table + 8 * uint64_t(chunk));
+  const uint64_t start = chunk == 0 ? 0 : get_u64(chunk_table + 8 * uint64_t(chunk - 1));
+  const uint64_t end = get_u64(chunk_table + 8 * uint64_t(chunk));
   if (end < start || end > p.payload_bytes || start % 8 || end % 8) return kErrChunkTable;
   const uint8_t* ck = payload + start;
   ChunkFields f;
@@ -749,13 +734,13 @@ ACTZIP_HD uint32_t decode_chunk_stream(const uint8_t* payload, const uint8_t* ch
   if (coded > 0) {
     uint64_t at = kLaneTableBytes;
     for (uint32_t l = 0; l < kCodeLanes; ++l) {
-      lane_bytes[l] = load_le32_hd(code + 4 * l);
+      lane_bytes[l] = get_u32(code + 4 * l);
       if (lane_bytes[l] % 8 != 0 || lane_bytes[l] > f.code_bytes - at) return kErrLaneLength;
       lane[l] = SectionBitReader(code + at, code + at + lane_bytes[l]);
       at += lane_bytes[l];
     }
-    sign_bytes = load_le32_hd(code + 4 * kCodeLanes);
-    if (load_le32_hd(code + 4 * kCodeLanes + 4) != 0) return kErrReserved;
+    sign_bytes = get_u32(code + 4 * kCodeLanes);
+    if (get_u32(code + 4 * kCodeLanes + 4) != 0) return kErrReserved;
     if (sign_bytes % 8 != 0 || sign_bytes != f.code_bytes - at) return kErrSignSection;
     if (sign_bytes != 0 && !(lorenzo || lorenzo2d)) return kErrSignSection;
     signs = SectionBitReader(code + at, code + at + sign_bytes);
@@ -821,8 +806,8 @@ ACTZIP_HD uint32_t decode_chunk_stream(const uint8_t* payload, const uint8_t* ch
     if constexpr (kDT == 1) reinterpret_cast<uint32_t*>(dst)[i] = bits;
     else reinterpret_cast<uint16_t*>(dst)[i] = uint16_t(bits);
 #else
-    if constexpr (kDT == 1) store_le32_hd(dst + 4 * uint64_t(i), bits);
-    else store_le16(dst + 2 * uint64_t(i), uint16_t(bits));
+    if constexpr (kDT == 1) put_u32(dst + 4 * uint64_t(i), bits);
+    else put_u16(dst + 2 * uint64_t(i), uint16_t(bits));
 #endif
     if (lorenzo2d) ring[i & (kRing - 1)] = q;
     if (p.row && ++col == p.row) col = 0;
@@ -839,7 +824,7 @@ ACTZIP_HD uint32_t decode_chunk_stream(const uint8_t* payload, const uint8_t* ch
   mask_byte = has_mask ? 0u : 0xFFu;
   int64_t last = -1;
   for (uint32_t o = 0; o < f.outliers; ++o) {
-    const uint32_t i = load_le16(pos + 2 * o);
+    const uint32_t i = get_u16(pos + 2 * o);
     if (int64_t(i) <= last || i >= elems) return kErrOutlierPosition;
     while (has_mask && next_byte <= i / 8) {
       mask_next(or_, &mask_byte);

@@ -10,11 +10,8 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__CUDACC__)
-#define ACTZIP_HD __host__ __device__ __forceinline__
-#else
-#define ACTZIP_HD inline
-#endif
+#include "codec/hd.h"
+
 
 namespace actzip {
 namespace detail {

@@ -510,6 +510,29 @@ __attribute__((always_inline)) inline void put_value(FastBitWriter& w, uint32_t 
   w.put(uint64_t(cl & 0xFFFFu) | (extra << len), uint32_t(len + eb));
 }
 
+// Values v[0..8) into the four lanes, two each, one code at a time (the general case).
+__attribute__((always_inline)) inline void put_eight(FastBitWriter& w0, FastBitWriter& w1, FastBitWriter& w2,
+                                                     FastBitWriter& w3, const uint32_t* v, const uint32_t* code_len,
+                                                     int k) {
+  put_value(w0, v[0], code_len, k);
+  put_value(w1, v[1], code_len, k);
+  put_value(w2, v[2], code_len, k);
+  put_value(w3, v[3], code_len, k);
+  put_value(w0, v[4], code_len, k);
+  put_value(w1, v[5], code_len, k);
+  put_value(w2, v[6], code_len, k);
+  put_value(w3, v[7], code_len, k);
+}
+
+// Values u[t..n) (fewer than 8) into their lanes, then each lane's byte count.
+__attribute__((always_inline)) inline void finish_lanes(FastBitWriter& w0, FastBitWriter& w1, FastBitWriter& w2,
+                                                        FastBitWriter& w3, const uint32_t* u, uint32_t t, uint32_t n,
+                                                        const uint32_t* code_len, int k, uint64_t* lane_bytes) {
+  FastBitWriter* w[kCodeLanes] = {&w0, &w1, &w2, &w3};
+  for (; t < n; ++t) put_value(*w[t % kCodeLanes], u[t], code_len, k);
+  for (uint32_t l = 0; l < kCodeLanes; ++l) lane_bytes[l] = w[l]->flush();
+}
+
 __attribute__((always_inline)) inline void encode_lanes_body(const uint32_t* __restrict u, uint32_t n,
                                                              const uint32_t* __restrict small,
                                                              const uint32_t* __restrict code_len, int k,
@@ -533,19 +556,10 @@ __attribute__((always_inline)) inline void encode_lanes_body(const uint32_t* __r
       put_pair(w2, v[2], v[6]);
       put_pair(w3, v[3], v[7]);
     } else {
-      put_value(w0, v[0], code_len, k);
-      put_value(w1, v[1], code_len, k);
-      put_value(w2, v[2], code_len, k);
-      put_value(w3, v[3], code_len, k);
-      put_value(w0, v[4], code_len, k);
-      put_value(w1, v[5], code_len, k);
-      put_value(w2, v[6], code_len, k);
-      put_value(w3, v[7], code_len, k);
+      put_eight(w0, w1, w2, w3, v, code_len, k);
     }
   }
-  FastBitWriter* w[kCodeLanes] = {&w0, &w1, &w2, &w3};
-  for (; t < n; ++t) put_value(*w[t % kCodeLanes], u[t], code_len, k);
-  for (uint32_t l = 0; l < kCodeLanes; ++l) lane_bytes[l] = w[l]->flush();
+  finish_lanes(w0, w1, w2, w3, u, t, n, code_len, k, lane_bytes);
 }
 
 #if ACTZIP_AVX2_PASSES
@@ -592,20 +606,11 @@ __attribute__((target("avx2,popcnt,bmi,bmi2"))) void encode_lanes_avx2(const uin
         w3.put(pair_bits[4 * g + 3], pair_len[4 * g + 3]);
       } else {
         const uint32_t* v = u + t;
-        put_value(w0, v[0], code_len, k);
-        put_value(w1, v[1], code_len, k);
-        put_value(w2, v[2], code_len, k);
-        put_value(w3, v[3], code_len, k);
-        put_value(w0, v[4], code_len, k);
-        put_value(w1, v[5], code_len, k);
-        put_value(w2, v[6], code_len, k);
-        put_value(w3, v[7], code_len, k);
+        put_eight(w0, w1, w2, w3, v, code_len, k);
       }
     }
   }
-  FastBitWriter* w[kCodeLanes] = {&w0, &w1, &w2, &w3};
-  for (; t < n; ++t) put_value(*w[t % kCodeLanes], u[t], code_len, k);
-  for (uint32_t l = 0; l < kCodeLanes; ++l) lane_bytes[l] = w[l]->flush();
+  finish_lanes(w0, w1, w2, w3, u, t, n, code_len, k, lane_bytes);
 }
 #endif
 

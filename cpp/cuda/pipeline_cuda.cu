@@ -174,7 +174,7 @@ __global__ void write_kernel(StageArgs a, const uint32_t* packed, int k, const C
   const EncodeBooks books{packed, packed + code_alphabet(k), k};
   const Quantizer qz = stage_quantizer(a);
   const uint8_t* table = stream + header_bytes - 8 - 8 * uint64_t(a.num_chunks);
-  const uint64_t start = c == 0 ? 0 : load_le64_hd(table + 8 * uint64_t(c - 1));
+  const uint64_t start = c == 0 ? 0 : get_u64(table + 8 * uint64_t(c - 1));
   write_chunk<kDT>(a.data, a.numel, c, qz, a.row, books, layouts[c], stream + header_bytes + start);
 }
 

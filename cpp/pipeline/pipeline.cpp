@@ -336,7 +336,7 @@ Status write(const Exec& exec, const TensorRef& x, const double* bound, const ui
   host_for(a.num_chunks, exec.num_threads, [&](uint32_t c) {
     ChunkLayout L;
     std::memcpy(&L, layouts + uint64_t(c) * kLayoutBytes, sizeof L);
-    const uint64_t start = c == 0 ? 0 : load_le64_hd(table + 8 * uint64_t(c - 1));
+    const uint64_t start = c == 0 ? 0 : get_u64(table + 8 * uint64_t(c - 1));
     dispatch_dtype(x.dtype, [&](auto dt) {
       write_chunk<decltype(dt)::value>(x.data, numel, c, qz, a.row, books, L, stream + header_bytes + start);
     });
@@ -348,7 +348,7 @@ Status plan_decode(const uint8_t* header, uint64_t header_len, uint64_t stream_b
   if (header == nullptr || plan == nullptr) return invalid("header or plan is null");
   if (header_len < kFixedHeaderBytes) return format_error("stream of %llu bytes is shorter than the fixed header",
                                                           (unsigned long long)header_len);
-  const uint64_t claimed = load_le32_hd(header + 8);
+  const uint64_t claimed = get_u32(header + 8);
   if (claimed > header_len && claimed <= stream_bytes)
     return invalid("the header copy is shorter than the header it describes");
   Header h;
