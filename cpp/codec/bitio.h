@@ -41,7 +41,7 @@ inline double get_f64(const uint8_t* p) {
 }
 
 // Unaligned little-endian 64-bit load for the hot paths (x86 and little-endian ARM).
-inline uint64_t load_le64(const uint8_t* p) {
+ACTZIP_HD uint64_t load_le64(const uint8_t* p) {
   uint64_t v;
   std::memcpy(&v, p, 8);
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
@@ -56,7 +56,7 @@ inline void store_le32(uint8_t* p, uint32_t v) {
   std::memcpy(p, &v, 4);
 }
 
-inline constexpr uint64_t pad8(uint64_t n) { return (n + 7) & ~uint64_t(7); }
+ACTZIP_HD constexpr uint64_t pad8(uint64_t n) { return (n + 7) & ~uint64_t(7); }
 
 // Branch-free bit writer for the hot loops: every put() stores 8 bytes, so the buffer must
 // have 8 bytes of slack past the longest stream written into it (callers size it so).
@@ -92,12 +92,14 @@ class FastBitWriter {
 
 // Reads bits LSB first from [begin, end). Past the end it supplies zero bits and counts
 // them, so a hostile stream can never make it read outside the section; overran() tells.
+// Used by the CPU backend and, through cpp/codec/chunk.h, by the CUDA kernels.
 class BitReader {
  public:
-  BitReader(const uint8_t* begin, const uint8_t* end) : begin_(begin), p_(begin), end_(end) {}
+  ACTZIP_HD BitReader() : begin_(nullptr), p_(nullptr), end_(nullptr) {}  // an empty section
+  ACTZIP_HD BitReader(const uint8_t* begin, const uint8_t* end) : begin_(begin), p_(begin), end_(end) {}
 
   // Ensures at least 56 bits are buffered.
-  void refill() {
+  ACTZIP_HD void refill() {
     if (end_ - p_ >= 8) {
       buf_ |= load_le64(p_) << fill_;
       p_ += (63 - fill_) >> 3;
@@ -116,29 +118,34 @@ class BitReader {
     }
   }
   // refill() for a reader with at least 8 bytes left (bytes_left() >= 8); advances at most 7.
-  void refill_unchecked() {
+  ACTZIP_HD void refill_unchecked() {
     buf_ |= load_le64(p_) << fill_;
     p_ += (63 - fill_) >> 3;
     fill_ |= 56;
   }
-  uint64_t bytes_left() const { return uint64_t(end_ - p_); }
-  uint64_t peek() const { return buf_; }
-  int available() const { return int(fill_); }
-  void consume(int nbits) { consume(uint32_t(nbits)); }
-  void consume(uint32_t nbits) {
+  ACTZIP_HD uint64_t bytes_left() const { return uint64_t(end_ - p_); }
+  ACTZIP_HD uint64_t peek() const { return buf_; }
+  ACTZIP_HD int available() const { return int(fill_); }
+  ACTZIP_HD void consume(int nbits) { consume(uint32_t(nbits)); }
+  ACTZIP_HD void consume(uint32_t nbits) {
     buf_ >>= nbits;
     fill_ -= nbits;
   }
-  uint32_t take(int nbits) {  // nbits <= 32, requires available() >= nbits
+  ACTZIP_HD uint32_t take(int nbits) {  // nbits <= 32, requires available() >= nbits
     const uint32_t v = nbits == 0 ? 0u : uint32_t(buf_ & ((uint64_t(1) << nbits) - 1));
     consume(nbits);
     return v;
   }
   // True when the bits consumed so far run past the end of the section.
-  bool overran() const { return uint64_t(virtual_bytes_) * 8 > fill_; }
+  ACTZIP_HD bool overran() const { return uint64_t(virtual_bytes_) * 8 > fill_; }
   // Bits consumed since construction (the supplied zero bits past the end included), so
   // that hot loops need not count them.
-  uint64_t consumed_bits() const { return (uint64_t(p_ - begin_) + virtual_bytes_) * 8 - fill_; }
+  ACTZIP_HD uint64_t consumed_bits() const { return (uint64_t(p_ - begin_) + virtual_bytes_) * 8 - fill_; }
+  // The bits consumed fill a section of `section_bytes` exactly up to its zero padding
+  // (docs/FORMAT.md section 5), and none was read past its end.
+  ACTZIP_HD bool fits(uint64_t section_bytes) const {
+    return !overran() && pad8((consumed_bits() + 7) / 8) == section_bytes;
+  }
 
  private:
   const uint8_t* begin_;

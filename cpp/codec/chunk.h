@@ -215,48 +215,6 @@ class WordBitWriter {
   int fill_ = 0;
 };
 
-// Reads bits LSB first from [begin, end). Past the end it supplies zero bits and counts
-// them, so a hostile stream can never make it read outside the section; overran() tells.
-class SectionBitReader {
- public:
-  ACTZIP_HD SectionBitReader() : p_(nullptr), end_(nullptr) {}
-  ACTZIP_HD SectionBitReader(const uint8_t* begin, const uint8_t* end) : p_(begin), end_(end) {}
-  // Ensures at least 56 bits are buffered.
-  ACTZIP_HD void refill() {
-    while (fill_ <= 56) {
-      uint64_t byte = 0;
-      if (p_ < end_) {
-        byte = *p_++;
-      } else {
-        ++virtual_bytes_;
-      }
-      buf_ |= byte << fill_;
-      fill_ += 8;
-    }
-  }
-  ACTZIP_HD uint64_t peek() const { return buf_; }
-  ACTZIP_HD int available() const { return fill_; }
-  ACTZIP_HD void consume(int nbits) {
-    buf_ >>= nbits;
-    fill_ -= nbits;
-    consumed_ += uint64_t(nbits);
-  }
-  ACTZIP_HD uint64_t consumed() const { return consumed_; }
-  // True when the bits consumed so far run past the end of the section.
-  ACTZIP_HD bool overran() const { return uint64_t(virtual_bytes_) * 8 > uint64_t(fill_); }
-  // Consumed bits fill a section of `section_bytes` exactly up to its zero padding.
-  ACTZIP_HD bool fits(uint64_t section_bytes) const {
-    return !overran() && ((consumed_ + 7) / 8 + 7) / 8 * 8 == section_bytes;
-  }
-
- private:
-  const uint8_t* p_;
-  const uint8_t* end_;
-  uint64_t buf_ = 0;
-  int fill_ = 0;
-  uint32_t virtual_bytes_ = 0;
-  uint64_t consumed_ = 0;
-};
 
 // ---------------------------------------------------------------------------------------
 // Compression of one chunk: measure, then write.
@@ -692,7 +650,7 @@ ACTZIP_HD uint32_t decode_chunk_stream(const uint8_t* payload, const uint8_t* ch
   const bool lorenzo2d = f.flags & kChunkLorenzo2D;
   if (lorenzo2d && p.row == 0) return kErr2DRow;
   const uint32_t mask_len = (elems + 7) / 8;
-  auto mask_next = [&](SectionBitReader& r, uint32_t* byte) {
+  auto mask_next = [&](BitReader& r, uint32_t* byte) {
     if (r.available() < kMaxCodeLen) r.refill();
     const uint32_t e = mask_table[r.peek() & (kDecodeTableSize - 1)];
     const int l = int(e >> 12);
@@ -703,7 +661,7 @@ ACTZIP_HD uint32_t decode_chunk_stream(const uint8_t* payload, const uint8_t* ch
   uint32_t coded = elems;
   if (has_mask) {
     if (!p.has_mask_book) return kErrNoMaskBook;
-    SectionBitReader r(body, body + f.mask_bytes);
+    BitReader r(body, body + f.mask_bytes);
     coded = 0;
     bool bad = false;
     uint32_t last = 0;
@@ -727,8 +685,8 @@ ACTZIP_HD uint32_t decode_chunk_stream(const uint8_t* payload, const uint8_t* ch
   if (coded > 0 && !p.has_code_book) return kErrNoCodeBook;
   if ((coded == 0) != (f.code_bytes == 0) || (coded > 0 && f.code_bytes < kLaneTableBytes)) return kErrCodeSection;
   const uint8_t* code = body + f.mask_bytes;
-  SectionBitReader lane[kCodeLanes];
-  SectionBitReader signs;
+  BitReader lane[kCodeLanes];
+  BitReader signs;
   uint64_t lane_bytes[kCodeLanes] = {0, 0, 0, 0};
   uint32_t sign_bytes = 0;
   if (coded > 0) {
@@ -736,18 +694,18 @@ ACTZIP_HD uint32_t decode_chunk_stream(const uint8_t* payload, const uint8_t* ch
     for (uint32_t l = 0; l < kCodeLanes; ++l) {
       lane_bytes[l] = get_u32(code + 4 * l);
       if (lane_bytes[l] % 8 != 0 || lane_bytes[l] > f.code_bytes - at) return kErrLaneLength;
-      lane[l] = SectionBitReader(code + at, code + at + lane_bytes[l]);
+      lane[l] = BitReader(code + at, code + at + lane_bytes[l]);
       at += lane_bytes[l];
     }
     sign_bytes = get_u32(code + 4 * kCodeLanes);
     if (get_u32(code + 4 * kCodeLanes + 4) != 0) return kErrReserved;
     if (sign_bytes % 8 != 0 || sign_bytes != f.code_bytes - at) return kErrSignSection;
     if (sign_bytes != 0 && !(lorenzo || lorenzo2d)) return kErrSignSection;
-    signs = SectionBitReader(code + at, code + at + sign_bytes);
+    signs = BitReader(code + at, code + at + sign_bytes);
   }
   // The main pass: each element in order.
   const Quantizer qz = make_quantizer(p.error_bound, p.quant_step);
-  SectionBitReader mr(body, body + f.mask_bytes);
+  BitReader mr(body, body + f.mask_bytes);
   int32_t ring[kRing];
   int32_t prev = 0;
   uint32_t bad = 0, t = 0, mask_byte = 0xFFu;
@@ -758,7 +716,7 @@ ACTZIP_HD uint32_t decode_chunk_stream(const uint8_t* payload, const uint8_t* ch
     uint32_t bits = 0;
     int32_t q = 0;
     if (is_coded) {
-      SectionBitReader& rd = lane[t % kCodeLanes];
+      BitReader& rd = lane[t % kCodeLanes];
       rd.refill();
       const uint64_t w = rd.peek();
       const uint32_t e = code_table[w & (kDecodeTableSize - 1)];
@@ -819,7 +777,7 @@ ACTZIP_HD uint32_t decode_chunk_stream(const uint8_t* payload, const uint8_t* ch
   // Outliers: strictly increasing positions of uncoded elements, then their exact bits.
   const uint8_t* pos = code + f.code_bytes;
   const uint8_t* val = pos + (2 * uint64_t(f.outliers) + 7) / 8 * 8;
-  SectionBitReader or_(body, body + f.mask_bytes);
+  BitReader or_(body, body + f.mask_bytes);
   uint32_t next_byte = 0;  // mask bytes decoded so far in this pass
   mask_byte = has_mask ? 0u : 0xFFu;
   int64_t last = -1;

@@ -563,10 +563,6 @@ inline uint32_t popcount_bytes(const uint8_t* p, uint32_t n) {
   return total;
 }
 
-// Consumed bits must fill the section exactly up to its zero padding.
-bool section_fits(const BitReader& r, uint32_t section_bytes, uint64_t consumed_bits) {
-  return !r.overran() && pad8((consumed_bits + 7) / 8) == section_bytes;
-}
 
 // Per-thread scratch of the decoder.
 struct DecodeScratch {
@@ -580,7 +576,7 @@ struct DecodeScratch {
 // predictions, out-of-range q replaced): for the chunks lorenzo2d_inverse() declines. Leaves
 // the coded elements' w compacted in u; returns false for an invalid code.
 bool lorenzo2d_exact(uint32_t* u, const uint8_t* mask, bool has_mask, uint32_t elems, uint32_t row, uint32_t col0,
-                     int32_t* grid, BitReader& signs, uint64_t* sign_used) {
+                     int32_t* grid, BitReader& signs) {
   uint32_t bad = 0;
   uint32_t col = col0;
   for (uint32_t i = 0, t = 0; i < elems; ++i) {
@@ -594,7 +590,6 @@ bool lorenzo2d_exact(uint32_t* u, const uint8_t* mask, bool has_mask, uint32_t e
       if (!invalid && qw == 0) {
         if (signs.available() < 1) signs.refill();
         negative = signs.take(1) != 0;
-        ++*sign_used;
       }
       const int32_t cv = invalid ? 1 : q_to_code(int32_t(qw), negative);
       q = code_to_q(cv);  // an invalid q was replaced: keep the grid in range
@@ -672,7 +667,7 @@ Status decode_chunk(const uint8_t* payload, const Header& h, const Decoders& dec
       step(j);
     }
     if (bad) return format_error("chunk %u: invalid mask code", c);
-    if (!section_fits(r, ch.mask_bytes, r.consumed_bits()))
+    if (!r.fits(ch.mask_bytes))
       return format_error("chunk %u: mask section length mismatch", c);
     coded = popcount_bytes(mask, mask_len);
     if ((elems & 7) && (mask[mask_len - 1] >> (elems & 7)) != 0)
@@ -716,7 +711,7 @@ Status decode_chunk(const uint8_t* payload, const Header& h, const Decoders& dec
                                               coded, u);
       if (!valid) return format_error("chunk %u: invalid code", c);
       for (uint32_t l = 0; l < kCodeLanes; ++l)
-        if (!section_fits(r[l], uint32_t(lane_bytes[l]), r[l].consumed_bits()))
+        if (!r[l].fits(lane_bytes[l]))
           return format_error("chunk %u: code lane %u length mismatch", c, l);
     }
   }
@@ -727,7 +722,6 @@ Status decode_chunk(const uint8_t* payload, const Header& h, const Decoders& dec
   {
     // Both Lorenzo predictors work on q; a q of 0 takes its sign from the sign stream.
     BitReader signs(sign_stream, sign_stream + sign_bytes);
-    uint64_t sign_used = 0;
     int32_t* q = sc.grid.data() + kGridPad;
     if (lorenzo2d) {
       const uint64_t row64 = h.shape.empty() ? 1 : h.shape.back();
@@ -741,20 +735,20 @@ Status decode_chunk(const uint8_t* payload, const Header& h, const Decoders& dec
         grid_u = w;
       }
       if (lorenzo2d_inverse(grid_u, elems, row, col0, !has_mask, q)) {
-        sign_used = q_to_w(q, has_mask ? grid_u : nullptr, elems, signs, w);
+        q_to_w(q, has_mask ? grid_u : nullptr, elems, signs, w);
         on_grid = true;
       } else {
         // A q out of range or a clamped prediction: the per-element definition decides.
-        if (!lorenzo2d_exact(u, mask, has_mask, elems, row, col0, q - kGridPad, signs, &sign_used))
+        if (!lorenzo2d_exact(u, mask, has_mask, elems, row, col0, q - kGridPad, signs))
           return format_error("chunk %u: invalid code", c);
       }
     } else if (lorenzo) {
       if (!lorenzo1d_inverse(u, coded, q)) return format_error("chunk %u: invalid code", c);
-      sign_used = q_to_w(q, nullptr, coded, signs, u);
+      q_to_w(q, nullptr, coded, signs, u);
     } else {
       if (any_invalid_u(u, coded)) return format_error("chunk %u: invalid code", c);
     }
-    if (!section_fits(signs, sign_bytes, sign_used)) return format_error("chunk %u: sign stream length mismatch", c);
+    if (!signs.fits(sign_bytes)) return format_error("chunk %u: sign stream length mismatch", c);
   }
   if (!on_grid) {
     if (has_mask) expand_coded(u, mask, elems, w);
