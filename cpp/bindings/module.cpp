@@ -205,14 +205,12 @@ void bind_pipeline(py::module_& m) {
                           a.stream_bytes, stats_dict(a.stats));
   });
   m.def("pipeline_write", [](int device, uintptr_t stream, int threads, uintptr_t x, int dtype,
-                             const std::vector<uint64_t>& shape, uintptr_t bound, uintptr_t predictors,
-                             uintptr_t packed, int direct_log2, uintptr_t layouts, uintptr_t out,
-                             uint64_t header_bytes) {
+                             const std::vector<uint64_t>& shape, uintptr_t bound, uintptr_t packed,
+                             int direct_log2, uintptr_t layouts, uintptr_t out, uint64_t header_bytes) {
     const pl::TensorRef t = tensor_ref(x, dtype, shape);
     stage([&] {
-      return pl::write(make_exec(device, stream, threads), t, ptr<const double>(bound), ptr<const uint8_t>(predictors),
-                       ptr<const uint32_t>(packed), direct_log2, ptr<const uint8_t>(layouts), ptr<uint8_t>(out),
-                       header_bytes);
+      return pl::write(make_exec(device, stream, threads), t, ptr<const double>(bound), ptr<const uint32_t>(packed),
+                       direct_log2, ptr<const uint8_t>(layouts), ptr<uint8_t>(out), header_bytes);
     });
   });
 

@@ -287,9 +287,8 @@ Status measure(const Exec& exec, const StageArgs& a, const uint8_t* predictors, 
   });
 }
 
-Status write(const Exec& exec, const StageArgs& a, const uint8_t* predictors, const uint32_t* packed_books,
-             int direct_log2, const uint8_t* layouts, uint8_t* stream, uint64_t header_bytes) {
-  (void)predictors;  // the layouts carry each chunk's predictor in its flags
+Status write(const Exec& exec, const StageArgs& a, const uint32_t* packed_books, int direct_log2,
+             const uint8_t* layouts, uint8_t* stream, uint64_t header_bytes) {
   Status s = check_aligned(layouts, "layouts");
   if (!s.ok()) return s;
   DeviceScope scope(exec.device);

@@ -309,23 +309,21 @@ Status assemble(const uint8_t* layouts, const TensorRef& x, BoundMode mode, doub
   return Status::Ok();
 }
 
-Status write(const Exec& exec, const TensorRef& x, const double* bound, const uint8_t* predictors,
-             const uint32_t* packed_books, int direct_log2, const uint8_t* layouts, uint8_t* stream,
-             uint64_t header_bytes) {
+Status write(const Exec& exec, const TensorRef& x, const double* bound, const uint32_t* packed_books,
+             int direct_log2, const uint8_t* layouts, uint8_t* stream, uint64_t header_bytes) {
   uint64_t numel = 0;
   Status s = check_tensor(x, &numel);
   if (!s.ok()) return s;
   if (!(s = check_exec(exec)).ok() || !(s = check_bound_buffer(exec, bound)).ok()) return s;
   if (!(s = check_books(packed_books, direct_log2)).ok()) return s;
-  if (stream == nullptr || (numel != 0 && (predictors == nullptr || layouts == nullptr)))
-    return invalid("stream, predictors or layouts is null");
+  if (stream == nullptr || (numel != 0 && layouts == nullptr)) return invalid("stream or layouts is null");
   const StageArgs a = stage_args(x, numel, bound);
   if (header_bytes % 8 != 0 || header_bytes < 8 * uint64_t(a.num_chunks) + 8)
     return invalid("header_bytes does not fit a header");
   if (reinterpret_cast<uintptr_t>(stream) % 8 != 0) return invalid("stream must be 8-byte aligned");
   if (exec.device >= 0) {
 #if defined(ACTZIP_HAVE_CUDA)
-    return cuda::write(exec, a, predictors, packed_books, direct_log2, layouts, stream, header_bytes);
+    return cuda::write(exec, a, packed_books, direct_log2, layouts, stream, header_bytes);
 #else
     return no_cuda();
 #endif

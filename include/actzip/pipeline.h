@@ -110,9 +110,8 @@ Status assemble(const uint8_t* layouts, const TensorRef& x, BoundMode mode, doub
 // Stage 4: writes every chunk into `stream`, whose first header_bytes bytes must already
 // hold assemble()'s header (the stage reads the chunk table there). The payload checksum,
 // if any, is the caller's to append.
-Status write(const Exec& exec, const TensorRef& x, const double* bound, const uint8_t* predictors,
-             const uint32_t* packed_books, int direct_log2, const uint8_t* layouts, uint8_t* stream,
-             uint64_t header_bytes);
+Status write(const Exec& exec, const TensorRef& x, const double* bound, const uint32_t* packed_books,
+             int direct_log2, const uint8_t* layouts, uint8_t* stream, uint64_t header_bytes);
 
 // --- decompression -----------------------------------------------------------------
 

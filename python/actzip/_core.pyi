@@ -70,8 +70,8 @@ def pipeline_assemble(
     books: PipelineBooks,
 ) -> Tuple[bytes, int, Dict[str, int]]: ...
 def pipeline_write(
-    device: int, stream: int, threads: int, x: int, dtype: int, shape: List[int], bound: int, predictors: int,
-    packed: int, direct_log2: int, layouts: int, out: int, header_bytes: int,
+    device: int, stream: int, threads: int, x: int, dtype: int, shape: List[int], bound: int, packed: int,
+    direct_log2: int, layouts: int, out: int, header_bytes: int,
 ) -> None: ...
 def pipeline_plan_decode(header: Any, stream_bytes: int) -> PipelineDecodePlan: ...
 def pipeline_decode(

@@ -121,6 +121,9 @@ def compress(
         back = _host(ws)  # the one wait when books were given
         abs_bound = float(back[hist_bytes : hist_bytes + 8].view(np.float64)[0])
         if own is None:
+            # The tensor's own books, for the next tensor of its layer. Uploaded now, while
+            # the stream is drained anyway: after write() is queued, a copy from pageable
+            # memory would wait for it.
             own = _upload_books(_core.pipeline_build_books(back[:hist_bytes]), dev)
         header, stream_bytes, stats = _core.pipeline_assemble(
             back[hist_bytes + _BOUND_BYTES :], dtype_code, shape, mode, bound, abs_bound, checksum, books.books
@@ -129,8 +132,8 @@ def compress(
         out = torch.empty(int(stream_bytes), dtype=torch.uint8, device=dev)
         out[: len(header)].copy_(torch.from_numpy(header_np.copy()))
         _core.pipeline_write(
-            *run, ptr, dtype_code, shape, bound_buf.data_ptr(), predictors.data_ptr(), books.packed.data_ptr(),
-            books.books.direct_log2, layouts.data_ptr(), out.data_ptr(), len(header)
+            *run, ptr, dtype_code, shape, bound_buf.data_ptr(), books.packed.data_ptr(), books.books.direct_log2,
+            layouts.data_ptr(), out.data_ptr(), len(header)
         )
         if checksum:
             payload = _host(out[len(header) : int(stream_bytes) - 4])

@@ -57,8 +57,8 @@ PipelineResult pipeline_compress(const Tensor& t, double bound, actzip::BoundMod
   std::vector<uint64_t> words((a.stream_bytes + 7) / 8, 0xA5A5A5A5A5A5A5A5ull);
   uint8_t* s = reinterpret_cast<uint8_t*>(words.data());
   std::memcpy(s, a.header.data(), a.header.size());
-  if (!(r.status = pl::write(exec, x, resolved, predictors.data(), books.packed.data(), books.direct_log2,
-                             layouts.data(), s, a.header.size()))
+  if (!(r.status = pl::write(exec, x, resolved, books.packed.data(), books.direct_log2, layouts.data(), s,
+                             a.header.size()))
            .ok())
     return r;
   if (checksum) {
