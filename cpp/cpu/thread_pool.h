@@ -6,8 +6,9 @@
 // slower after a parallel one on this 2-core machine). These workers spin for at most 100
 // microseconds after a job, since a compression runs three or four jobs back to back, and
 // then block on a condition variable; a caller waiting for its helpers spins as long.
-// (Measured: two threads went from 1.66x to 1.95x one thread on 2 MB tensors, and the
-// step time of training with compression did not change within the machine's noise.)
+// (Measured on a 2 MB LayerNorm input: two threads compress 1.71x faster than one
+// without the spinning, 1.95x with it; the step time of training with compression did
+// not change within the machine's noise.)
 #pragma once
 
 #include <cstdint>
