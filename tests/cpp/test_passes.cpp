@@ -52,6 +52,28 @@ bool is_coded(int32_t c) { return c != 0 && c != kOutlierCode; }
 
 const uint32_t kSizes[] = {1, 7, 8, 31, 32, 33, 100, 1000, 16384};
 
+ACTZIP_TEST(sample_runs_stay_in_their_stretch_and_vary_their_offset) {
+  for (uint32_t elems = 1; elems <= actzip::kChunkElems; ++elems) {
+    const uint32_t runs = sample_runs(elems), stride = sample_stride(elems);
+    uint32_t end = 0;
+    for (uint32_t r = 0; r < runs; ++r) {
+      const SampleRunSpan sp = sample_run_span(elems, r, 0);
+      ACTZIP_CHECK(sp.first % 8 == 0 && sp.first >= end && sp.n >= 1 && sp.first + sp.n <= elems,
+                   "elems=%u run %u: [%u, %u) after %u", elems, r, sp.first, sp.first + sp.n, end);
+      ACTZIP_CHECK(elems <= kSampleElems || (sp.first >= r * stride && sp.first + sp.n <= (r + 1) * stride),
+                   "elems=%u run %u leaves its stretch", elems, r);
+      end = sp.first + sp.n;
+    }
+    // Small chunks are sampled whole.
+    if (elems <= kSampleElems) ACTZIP_CHECK(end == elems, "elems=%u: sampled %u", elems, end);
+  }
+  // In a full chunk the runs fall at many offsets of a 1024-element plane, and in many of
+  // its 32 rows, rather than all at the same one.
+  uint32_t rows_seen = 0;
+  for (uint32_t r = 0; r < kSampleRuns; ++r) rows_seen |= 1u << (sample_run_span(actzip::kChunkElems, r, 32).first % 1024 / 32);
+  ACTZIP_CHECK(__builtin_popcount(rows_seen) >= 10, "runs start in only %d rows of a plane", __builtin_popcount(rows_seen));
+}
+
 ACTZIP_TEST(sampled_counts_and_choice_match_chunk_h) {
   // Whole chunks sampled both ways, over spans and columns as plan_compress makes them:
   // the same histograms, mask counts, costs and predictor.

@@ -257,6 +257,34 @@ def test_images_give_the_same_bytes_on_any_thread_count_and_keep_the_bound(make)
     check_bound(x, actzip.decompress(ct), 1e-2)
 
 
+def _order0_bits(symbols: np.ndarray) -> float:
+    _, counts = np.unique(symbols, return_counts=True)
+    p = counts / counts.sum()
+    return float(-(counts * np.log2(p)).sum())
+
+
+@pytest.mark.parametrize("bound", [1e-2, 1e-3])
+def test_sampling_finds_the_2d_predictor_on_planes_that_divide_the_chunk(bound):
+    # Channel planes of 32x32 (a conv activation's layout): 16 planes to a chunk, so a
+    # sample taken at a fixed stride of 1024 would always read the first rows of a plane,
+    # where the 2-D predictor has no upper neighbour, and pick the 1-D one.
+    x = smooth_image((16, 32, 32, 32), 7)
+    ct = actzip.compress(x, bound, mode="rel")
+    # The premise: over whole chunks, 2-D residuals of the codes take fewer bits.
+    q = np.rint(x.numpy().astype(np.float64) / (2 * ct.error_bound)).astype(np.int64).reshape(-1, 16384)
+    grid = q.reshape(q.shape[0], -1, 32)
+    pred2d = np.zeros_like(grid)
+    pred2d[:, :, 1:] += grid[:, :, :-1]
+    pred2d[:, 1:, :] += grid[:, :-1, :]
+    pred2d[:, 1:, 1:] -= grid[:, :-1, :-1]
+    for chunk in range(q.shape[0]):
+        lor1 = _order0_bits(np.diff(q[chunk], prepend=0))
+        lor2 = _order0_bits((grid[chunk] - pred2d[chunk]).reshape(-1))
+        assert lor2 < 0.8 * lor1
+    assert ct.stats["lorenzo2d_chunks"] >= 0.9 * q.shape[0], ct.stats
+    check_bound(x, actzip.decompress(ct), ct.error_bound)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize(
     "scale,bound",
