@@ -341,6 +341,10 @@ PYBIND11_MODULE(_core, m) {
       [](uint64_t numel, int dtype, int ndim) { return actzip::compress_bound(numel, to_dtype(dtype), ndim); },
       py::arg("numel"), py::arg("dtype"), py::arg("ndim"), "Largest stream compress can produce.");
   m.def("max_threads", &actzip::max_threads);
+  m.def("parallel_runtime", &actzip::parallel_runtime,
+        "Where multi-threaded calls run now: 'openmp' (the process's OpenMP runtime) or 'threads'.");
+  m.def("use_own_threads", &actzip::use_own_threads, py::arg("own"),
+        "Always run on actzip's own threads (True), or in the process's OpenMP runtime where usable.");
   m.def(
       "crc32",
       [](const py::buffer& data) {

@@ -49,6 +49,8 @@ uint64_t compress_bound(uint64_t numel, DType dtype, int ndim) {
 }
 
 int max_threads() { return available_processors(); }
+const char* parallel_runtime() { return detail::parallel_runtime(); }
+void use_own_threads(bool own) { detail::use_own_threads(own); }
 
 namespace {
 

@@ -8,7 +8,11 @@
 #include <thread>
 #include <vector>
 
+#include <exception>
+
 #if defined(__linux__)
+#include <dlfcn.h>
+#include <pthread.h>
 #include <sched.h>
 #include <unistd.h>
 #endif
@@ -147,13 +151,116 @@ Pool& pool() {
   return *g_pool;
 }
 
+// ---------------------------------------------------------------------------------------
+// The process's OpenMP runtime (see thread_pool.h): looked up, never linked.
+
+#if defined(__linux__)
+struct OpenMPRuntime {
+  void (*parallel)(void (*)(void*), void*, unsigned, unsigned) = nullptr;  // GOMP_parallel
+  int (*thread_num)() = nullptr;                                           // omp_get_thread_num
+  int (*max_threads)() = nullptr;                                          // omp_get_max_threads
+  int (*in_parallel)() = nullptr;                                          // omp_in_parallel
+};
+
+// A child forked after this library was loaded never uses the runtime: libgomp's workers
+// do not survive fork(), and a parallel region in the child would wait for them forever.
+std::atomic<bool> g_forked{false};
+const bool g_atfork_registered = [] {
+  pthread_atfork(nullptr, nullptr, [] { g_forked.store(true, std::memory_order_relaxed); });
+  return true;
+}();
+
+// The runtime, with all four entry points taken from the library that defines
+// GOMP_parallel; null when the process has none loaded.
+const OpenMPRuntime* find_openmp() {
+  static std::mutex mu;
+  static OpenMPRuntime found;
+  static std::atomic<bool> known{false};
+  if (known.load(std::memory_order_acquire)) return &found;
+  std::lock_guard<std::mutex> lk(mu);
+  if (known.load(std::memory_order_relaxed)) return &found;
+  void* parallel = dlsym(RTLD_DEFAULT, "GOMP_parallel");
+  Dl_info info;
+  if (parallel == nullptr || dladdr(parallel, &info) == 0 || info.dli_fname == nullptr) return nullptr;
+  void* lib = dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD);
+  if (lib == nullptr) return nullptr;  // (a reference to an already loaded library: never closed)
+  OpenMPRuntime r;
+  r.parallel = reinterpret_cast<decltype(r.parallel)>(dlsym(lib, "GOMP_parallel"));
+  r.thread_num = reinterpret_cast<decltype(r.thread_num)>(dlsym(lib, "omp_get_thread_num"));
+  r.max_threads = reinterpret_cast<decltype(r.max_threads)>(dlsym(lib, "omp_get_max_threads"));
+  r.in_parallel = reinterpret_cast<decltype(r.in_parallel)>(dlsym(lib, "omp_in_parallel"));
+  if (!r.parallel || !r.thread_num || !r.max_threads || !r.in_parallel) return nullptr;
+  found = r;
+  known.store(true, std::memory_order_release);
+  return &found;
+}
+
+// The runtime to run a job on now, or null for actzip's own pool: none loaded, a forked
+// child, a caller already inside a parallel region, or a runtime its owner set to one
+// thread (torch.set_num_threads(1)), whose team then has no idle workers to lend.
+const OpenMPRuntime* usable_openmp() {
+  (void)g_atfork_registered;
+  if (g_forked.load(std::memory_order_relaxed)) return nullptr;
+  const OpenMPRuntime* omp = find_openmp();
+  if (omp == nullptr || omp->in_parallel() || omp->max_threads() < 2) return nullptr;
+  return omp;
+}
+
+struct OpenMPJob {
+  const std::function<void(int64_t, int)>* body;
+  int64_t count;
+  int (*thread_num)();
+  std::atomic<int64_t> next{0};
+  std::mutex mu;
+  std::exception_ptr error;
+};
+
+void openmp_worker(void* arg) {
+  auto* job = static_cast<OpenMPJob*>(arg);
+  const int slot = job->thread_num();
+  try {
+    for (int64_t i; (i = job->next.fetch_add(1, std::memory_order_relaxed)) < job->count;) (*job->body)(i, slot);
+  } catch (...) {  // an exception must not leave a parallel region: the caller rethrows it
+    std::lock_guard<std::mutex> lk(job->mu);
+    if (!job->error) job->error = std::current_exception();
+    job->next.store(job->count, std::memory_order_relaxed);
+  }
+}
+
+void run_openmp(const OpenMPRuntime& omp, int64_t count, int threads,
+                const std::function<void(int64_t, int)>& body) {
+  OpenMPJob job;
+  job.body = &body;
+  job.count = count;
+  job.thread_num = omp.thread_num;
+  omp.parallel(&openmp_worker, &job, unsigned(std::min<int64_t>(threads, count)), 0);
+  if (job.error) std::rethrow_exception(job.error);
+}
+#endif
+
+std::atomic<int> g_runtime_choice{0};  // 0: automatic, 1: always actzip's own pool
+
 }  // namespace
 
 void parallel_for(int64_t count, int threads, const std::function<void(int64_t, int)>& body) {
   if (count <= 0) return;
   if (threads <= 1 || count == 1) return Pool::serial(count, body);
+#if defined(__linux__)
+  if (g_runtime_choice.load(std::memory_order_relaxed) == 0) {
+    if (const OpenMPRuntime* omp = usable_openmp()) return run_openmp(*omp, count, threads, body);
+  }
+#endif
   pool().run(count, threads, body);
 }
+
+const char* parallel_runtime() {
+#if defined(__linux__)
+  if (g_runtime_choice.load(std::memory_order_relaxed) == 0 && usable_openmp() != nullptr) return "openmp";
+#endif
+  return "threads";
+}
+
+void use_own_threads(bool own) { g_runtime_choice.store(own ? 1 : 0, std::memory_order_relaxed); }
 
 }  // namespace detail
 }  // namespace actzip

@@ -1,14 +1,21 @@
 // The CPU backend's worker threads.
 //
-// Why not OpenMP: libgomp's idle workers spin after each parallel region, and torch ships
-// its own OpenMP runtime with its own spinning pool. Between torch's operators, actzip's
-// spinning workers took the cores torch needed (single-threaded calls ran up to 20x
-// slower after a parallel one on this 2-core machine). These workers spin for at most 100
+// In a process that has an OpenMP runtime loaded (torch brings one: libgomp on Linux),
+// jobs run as parallel regions of that runtime, found at run time with dlsym and never
+// linked. Its idle workers spin for milliseconds after each region (libgomp's default spin
+// count); a separate pool of actzip threads then shares the cores with torch's spinning
+// workers, and in training, where every compression follows one of torch's operators,
+// two threads ran no faster than one (digits CNN: 133 ms of compression a step instead of
+// 62). In torch's own team the same workers that just ran torch's operator take the job.
+//
+// Otherwise (no runtime, a forked child, torch set to one thread, or use_own_threads()),
+// jobs run on actzip's own pool. Not OpenMP of its own: a second OpenMP runtime's spinning
+// workers took the cores torch needed (single-threaded calls ran up to 20x slower after a
+// parallel one on this 2-core machine). The pool's workers spin for at most 100
 // microseconds after a job, since a compression runs three or four jobs back to back, and
 // then block on a condition variable; a caller waiting for its helpers spins as long.
 // (Measured on a 2 MB LayerNorm input: two threads compress 1.71x faster than one
-// without the spinning, 1.95x with it; the step time of training with compression did
-// not change within the machine's noise.)
+// without the spinning, 1.95x with it.)
 #pragma once
 
 #include <cstdint>
@@ -25,6 +32,14 @@ int available_processors();
 // thread, for per-thread scratch. Jobs from concurrent callers do not wait for each other:
 // a caller that finds the workers busy runs its job alone. Safe across fork().
 void parallel_for(int64_t count, int threads, const std::function<void(int64_t index, int slot)>& body);
+
+// Where parallel_for() would run a job now: "openmp" (the process's OpenMP runtime) or
+// "threads" (actzip's own pool).
+const char* parallel_runtime();
+
+// Always use actzip's own pool (true), or the process's OpenMP runtime where usable (false,
+// the default). For tests and measurements.
+void use_own_threads(bool own);
 
 }  // namespace detail
 }  // namespace actzip

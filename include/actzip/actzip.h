@@ -130,4 +130,14 @@ Status decompress(const void* stream, uint64_t stream_bytes, void* out, uint64_t
 // Processors this process may run on: the default thread count.
 int max_threads();
 
+// Where calls with more than one thread run their work now: "openmp", in the parallel
+// regions of the OpenMP runtime the process has loaded (torch's), whose idle workers
+// would otherwise spin on the cores actzip's threads need; or "threads", on actzip's own
+// threads (no runtime loaded, a child forked after this library was loaded, a runtime set
+// to one thread, or use_own_threads(true)). The output is the same either way.
+const char* parallel_runtime();
+
+// Always run on actzip's own threads (true), or as above (false, the default).
+void use_own_threads(bool own);
+
 }  // namespace actzip
