@@ -340,6 +340,43 @@ PYBIND11_MODULE(_core, m) {
       "compress_bound",
       [](uint64_t numel, int dtype, int ndim) { return actzip::compress_bound(numel, to_dtype(dtype), ndim); },
       py::arg("numel"), py::arg("dtype"), py::arg("ndim"), "Largest stream compress can produce.");
+  m.def(
+      "pack_mask",
+      [](const py::buffer& data, int dtype, uint64_t numel, const py::buffer& out, int num_threads) -> py::object {
+        const actzip::DType dt = to_dtype(dtype);
+        ByteView in = contiguous_view(data, "data", false);
+        ByteView o = contiguous_view(out, "out", true);
+        if (in.bytes() < numel * actzip::element_size(dt)) throw py::value_error("data holds fewer than numel elements");
+        bool packed = false;
+        uint32_t value = 0;
+        actzip::Status s;
+        {
+          py::gil_scoped_release release;
+          s = actzip::pack_mask(in.data(), dt, numel, o.mutable_data(), o.bytes(), &packed, &value, num_threads);
+        }
+        check(s);
+        if (!packed) return py::none();
+        return py::int_(value);
+      },
+      py::arg("data"), py::arg("dtype"), py::arg("numel"), py::arg("out"), py::arg("num_threads") = 1,
+      "Packs a tensor of +0.0 and one other finite value to bits in `out`; returns that value's "
+      "bit pattern, or None (and `out` is garbage) if the tensor holds anything else.");
+  m.def(
+      "unpack_mask",
+      [](const py::buffer& bits, int dtype, uint64_t numel, uint32_t value_bits, const py::buffer& out,
+         int num_threads) {
+        const actzip::DType dt = to_dtype(dtype);
+        ByteView b = contiguous_view(bits, "bits", false);
+        ByteView o = contiguous_view(out, "out", true);
+        actzip::Status s;
+        {
+          py::gil_scoped_release release;
+          s = actzip::unpack_mask(b.data(), b.bytes(), dt, numel, value_bits, o.mutable_data(), o.bytes(), num_threads);
+        }
+        check(s);
+      },
+      py::arg("bits"), py::arg("dtype"), py::arg("numel"), py::arg("value_bits"), py::arg("out"),
+      py::arg("num_threads") = 1, "Inverse of pack_mask: writes numel elements, `value_bits` where a bit is set.");
   m.def("max_threads", &actzip::max_threads);
   m.def("parallel_runtime", &actzip::parallel_runtime,
         "Where multi-threaded calls run now: 'openmp' (the process's OpenMP runtime) or 'threads'.");

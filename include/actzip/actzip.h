@@ -127,6 +127,18 @@ Status validate(const void* stream, uint64_t stream_bytes, StreamInfo* info);
 Status decompress(const void* stream, uint64_t stream_bytes, void* out, uint64_t out_bytes,
                   int num_threads);
 
+// Two-valued masks (what a dropout saves on the CPU: +0.0 or one scale), stored exactly at
+// one bit an element, the first element in the most significant bit of byte 0.
+//
+// pack_mask() writes ceil(numel / 8) bytes to `out` and sets *packed when every element is
+// +0.0 or one other finite value, whose bits it stores in *value_bits (0 when all are
+// +0.0). Otherwise (-0.0, NaN, +-Inf, a third value) *packed is false and `out` holds
+// nothing useful. unpack_mask() writes the numel elements back.
+Status pack_mask(const void* data, DType dtype, uint64_t numel, uint8_t* out, uint64_t out_bytes, bool* packed,
+                 uint32_t* value_bits, int num_threads);
+Status unpack_mask(const uint8_t* bits, uint64_t bits_bytes, DType dtype, uint64_t numel, uint32_t value_bits,
+                   void* out, uint64_t out_bytes, int num_threads);
+
 // Processors this process may run on: the default thread count.
 int max_threads();
 

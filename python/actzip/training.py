@@ -57,7 +57,7 @@ import torch
 from torch import nn
 
 from . import telemetry
-from . import _pipeline, codec
+from . import _core, _pipeline, codec
 from .codec import CompressedTensor, compress, decompress
 from .schedule import LayerStats, Schedule, StepStats, as_schedule, gradient_spread_by_layer, layer_matches
 
@@ -150,7 +150,7 @@ class _Saved:
         "pending",       # unpacks left before the decoded tensor may be dropped
         "unpacked",      # the decoded tensor, kept while other savers still need it
         "nonzero",       # non-zero elements (compressed, on statistics steps), or None
-        "scale",         # a float mask's non-zero value (a 0-d tensor), or None for bool
+        "scale",         # a float mask's non-zero value: (dtype code, bits) from the CPU packer, a 0-d tensor, or None for bool
         "__weakref__",
     )
 
@@ -723,12 +723,23 @@ class ActivationCompressor:
         scaled mask a dropout saves on the CPU: 0 or 1 / (1 - p)) to one bit a value,
         exactly. Returns None if the tensor has other values."""
         view, layout = _codec_view(t)
-        flat = view.reshape(-1)
-        scale = flat.amax()
-        positive_zero = flat.view(_BITS_VIEW[flat.dtype]) == 0  # +0.0 exactly, not -0.0
-        if not bool(torch.isfinite(scale)) or not bool(torch.logical_or(positive_zero, flat == scale).all()):
-            return None
-        packed = _pack_bits(torch.logical_not(positive_zero).view(view.shape))
+        if view.device.type == "cpu":
+            # One pass in the core; the scale is kept as its bit pattern.
+            packed = torch.empty((view.numel() + 7) // 8, dtype=torch.uint8)
+            code = codec._DTYPE_CODES[view.dtype]
+            value_bits = _core.pack_mask(
+                codec._byte_view(view), code, view.numel(), packed.numpy(), codec.get_num_threads()
+            )
+            if value_bits is None:
+                return None
+            scale: Any = (code, value_bits)
+        else:
+            flat = view.reshape(-1)
+            scale = flat.amax()
+            positive_zero = flat.view(_BITS_VIEW[flat.dtype]) == 0  # +0.0 exactly, not -0.0
+            if not bool(torch.isfinite(scale)) or not bool(torch.logical_or(positive_zero, flat == scale).all()):
+                return None
+            packed = _pack_bits(torch.logical_not(positive_zero).view(view.shape))
         saved = _Saved(_BITS, packed, t._version)
         saved.layout = layout
         saved.shape = view.shape
@@ -793,6 +804,13 @@ class ActivationCompressor:
                     result, status = unchecked
                     self._unchecked.append(status)
                 self._decompress_seconds += time.perf_counter() - start
+            elif type(saved.scale) is tuple:  # a float mask packed on the CPU
+                code, value_bits = saved.scale
+                result = torch.empty(saved.shape, dtype=codec._CODE_DTYPES[code])
+                _core.unpack_mask(
+                    saved.payload.numpy(), code, result.numel(), value_bits, codec._byte_view(result),
+                    codec.get_num_threads(),
+                )
             else:
                 result = _unpack_bits(saved.payload, saved.shape)
                 scale = saved.scale

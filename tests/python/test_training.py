@@ -596,6 +596,32 @@ def test_float_mask_path_refuses_tensors_with_other_values():
         az.__exit__(None, None, None)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("numel", [1, 13, 4096 * 8 + 5, 3 * 2**18 + 77])  # odd tails, several jobs
+def test_float_masks_of_any_length_and_dtype_come_back_bit_for_bit(dtype, numel):
+    az = compressed_activations(nn.Dropout(), schedule=1e-3, min_bytes=SMALL)
+    az.__enter__()
+    try:
+        keep = torch.rand(numel, generator=torch.Generator().manual_seed(numel)) > 0.3
+        for scale in (1 / 0.7, -3.5, 0.0):
+            mask = torch.where(keep, torch.tensor(scale), torch.tensor(0.0)).to(dtype)
+            saved = az._pack_float_mask(mask, "(model)", mask.numel() * mask.element_size())
+            assert saved is not None and saved.payload.numel() == (numel + 7) // 8
+            restored = az._unpack(saved)
+            assert restored.dtype == dtype and restored.shape == mask.shape
+            assert torch.equal(restored.view(_int_view(dtype)), mask.view(_int_view(dtype)))
+        for bad in (math.nan, math.inf, -math.inf):
+            mask = torch.where(keep, torch.tensor(bad), torch.tensor(0.0)).to(dtype)
+            if bool(keep.any()):
+                assert az._pack_float_mask(mask, "(model)", mask.numel() * mask.element_size()) is None
+    finally:
+        az.__exit__(None, None, None)
+
+
+def _int_view(dtype):
+    return torch.int32 if dtype == torch.float32 else torch.int16
+
+
 def test_with_a_model_only_its_parameters_count_as_parameters():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(256, 256), nn.ReLU())
