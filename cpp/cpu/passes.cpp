@@ -10,6 +10,7 @@
 #include <cstring>
 
 #if defined(__GNUC__) && defined(__x86_64__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define ACTZIP_AVX2_PASSES 1
 #define ACTZIP_TARGET_AVX2 __attribute__((target("avx2,popcnt")))
@@ -88,6 +89,34 @@ bool cpu_has_bmi2() {
 }
 bool bmi2_passes = cpu_has_bmi2();
 #define ACTZIP_TARGET_BMI2 __attribute__((target("bmi,bmi2")))
+
+// pext/pdep take a few cycles on Intel since Haswell and on AMD since Zen 3 (family 19h);
+// earlier AMD parts (and Hygon's) microcode them in hundreds, where the nibble tables win.
+bool cpu_has_fast_pext() {
+  static const bool yes = [] {
+    if (!cpu_has_bmi2()) return false;
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid(0, &a, &b, &c, &d)) return false;
+    const bool amd = b == 0x68747541u, hygon = b == 0x6f677948u;  // "AuthenticAMD", "HygonGenuine"
+    if (hygon) return false;
+    if (!amd) return true;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
+    const unsigned family = ((a >> 8) & 0xFu) + ((a >> 20) & 0xFFu);
+    return family >= 0x19u;
+  }();
+  return yes;
+}
+bool pext_passes = cpu_has_fast_pext();
+
+// The sign passes gather (compress) and scatter (decompress) bits under a mask once every 32
+// elements, with pext/pdep where they are fast and the nibble tables elsewhere.
+inline uint32_t gather_bits_tables(uint32_t value, uint32_t mask) {
+  uint32_t count;
+  return gather_bits(value, mask, &count);
+}
+ACTZIP_TARGET_BMI2 uint32_t gather_bits_pext(uint32_t value, uint32_t mask) { return _pext_u32(value, mask); }
+ACTZIP_TARGET_BMI2 uint32_t scatter_bits_pdep(uint32_t value, uint32_t mask) { return _pdep_u32(value, mask); }
+using BitsUnderMask = uint32_t (*)(uint32_t value, uint32_t mask);
 
 // Lane permutations of eight 32-bit values: compress[m] moves the lanes of m's set bits to
 // the front, in order; expand[m] does the inverse.
@@ -434,6 +463,7 @@ struct SignSink {
 };
 
 #if ACTZIP_AVX2_PASSES
+template <BitsUnderMask kGather>
 ACTZIP_TARGET_AVX2 uint32_t write_sign_blocks_avx2(const int32_t* codes, uint32_t n, SignSink* sink) {
   const __m256i one = _mm256_set1_epi32(1), minus_one = _mm256_set1_epi32(-1);
   uint32_t i0 = 0;
@@ -444,11 +474,7 @@ ACTZIP_TARGET_AVX2 uint32_t write_sign_blocks_avx2(const int32_t* codes, uint32_
       take |= movemask32(_mm256_or_si256(_mm256_cmpeq_epi32(v, one), _mm256_cmpeq_epi32(v, minus_one))) << (8 * k);
       negative |= movemask32(v) << (8 * k);
     }
-    if (take) {
-      uint32_t count;
-      const uint32_t bits = gather_bits(negative, take, &count);
-      sink->append(bits, count);
-    }
+    if (take) sink->append(kGather(negative, take), uint32_t(_mm_popcnt_u32(take)));
   }
   return i0;
 }
@@ -461,7 +487,9 @@ uint64_t write_sign_stream(const int32_t* __restrict codes, uint32_t n, uint8_t*
   sink.p = out;
   uint32_t i0 = 0;
 #if ACTZIP_AVX2_PASSES
-  if (avx2_passes) i0 = write_sign_blocks_avx2(codes, n, &sink);
+  if (avx2_passes)
+    i0 = pext_passes ? write_sign_blocks_avx2<gather_bits_pext>(codes, n, &sink)
+                     : write_sign_blocks_avx2<gather_bits_tables>(codes, n, &sink);
 #endif
   uint64_t& acc = sink.acc;
   uint32_t& fill = sink.fill;
@@ -731,7 +759,7 @@ inline uint64_t q_to_w_loop(const int32_t* q, const uint32_t* coded_if, uint32_t
 
 #if ACTZIP_AVX2_PASSES
 // Whole blocks of 32 elements; returns the elements done.
-template <bool kAllCoded>
+template <bool kAllCoded, BitsUnderMask kScatter>
 ACTZIP_TARGET_AVX2 uint32_t q_to_w_avx2(const int32_t* q, const uint32_t* coded_if, uint32_t n, BitReader& signs,
                                         uint32_t* w, uint64_t* used) {
   const __m256i zero = _mm256_setzero_si256(), uncoded_value = _mm256_set1_epi32(-1);
@@ -751,7 +779,7 @@ ACTZIP_TARGET_AVX2 uint32_t q_to_w_avx2(const int32_t* q, const uint32_t* coded_
     if (take) {
       if (signs.available() < 32) signs.refill();
       const uint32_t count = uint32_t(_mm_popcnt_u32(take));
-      negative = scatter_bits(uint32_t(signs.peek() & ((uint64_t(1) << count) - 1u)), take);
+      negative = kScatter(uint32_t(signs.peek() & ((uint64_t(1) << count) - 1u)), take);
       signs.consume(int(count));
       taken += count;
     }
@@ -776,9 +804,12 @@ uint64_t q_to_w(const int32_t* q, const uint32_t* coded_if, uint32_t n, BitReade
   uint64_t used = 0;
   uint32_t done = 0;
 #if ACTZIP_AVX2_PASSES
-  if (avx2_passes)
-    done = coded_if ? q_to_w_avx2<false>(q, coded_if, n, signs, w, &used)
-                    : q_to_w_avx2<true>(q, nullptr, n, signs, w, &used);
+  if (avx2_passes && pext_passes)
+    done = coded_if ? q_to_w_avx2<false, scatter_bits_pdep>(q, coded_if, n, signs, w, &used)
+                    : q_to_w_avx2<true, scatter_bits_pdep>(q, nullptr, n, signs, w, &used);
+  else if (avx2_passes)
+    done = coded_if ? q_to_w_avx2<false, scatter_bits>(q, coded_if, n, signs, w, &used)
+                    : q_to_w_avx2<true, scatter_bits>(q, nullptr, n, signs, w, &used);
 #endif
   if (done < n) {
     used += coded_if ? q_to_w_loop<false>(q + done, coded_if + done, n - done, signs, w + done)
@@ -1182,6 +1213,15 @@ void force_portable_passes(bool on) {
 #if ACTZIP_AVX2_PASSES
   avx2_passes = !on && cpu_has_avx2();
   bmi2_passes = !on && cpu_has_bmi2();
+  pext_passes = !on && cpu_has_fast_pext();
+#else
+  (void)on;
+#endif
+}
+
+void force_table_bits(bool on) {
+#if ACTZIP_AVX2_PASSES
+  pext_passes = !on && avx2_passes && cpu_has_fast_pext();
 #else
   (void)on;
 #endif

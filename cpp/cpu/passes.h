@@ -38,6 +38,10 @@ inline constexpr uint32_t kUncodedValue = 0xFFFFFFFFu;
 // while other threads run passes.
 void force_portable_passes(bool on);
 
+// For tests: with `on`, the AVX2 passes gather and scatter sign bits with tables even where
+// pext/pdep are fast. Not for use while other threads run passes.
+void force_table_bits(bool on);
+
 // ---- Sampling ----
 
 // The sampled histograms of one chunk, as chunk.h's PredictorHist counts them, with one

@@ -22,13 +22,16 @@ namespace {
 
 using namespace actzip::detail;
 
-// Runs body() on the dispatched paths, then on the portable ones.
+// Runs body() on the dispatched paths, on the AVX2 ones with table bit gathering (where
+// pext is fast they are otherwise not taken), then on the portable ones.
 template <class Body>
 void on_both_paths(Body body) {
-  for (bool portable : {false, true}) {
-    force_portable_passes(portable);
-    body(portable);
+  for (int path = 0; path < 3; ++path) {
+    force_portable_passes(path == 2);
+    force_table_bits(path == 1);
+    body(path == 2);
   }
+  force_table_bits(false);
   force_portable_passes(false);
 }
 
