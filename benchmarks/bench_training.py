@@ -418,7 +418,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     print(
         f"actzip {actzip.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"codec threads {actzip.get_num_threads()}, device {device}"
+        f"codec threads {actzip.get_num_threads()} ({actzip._core.parallel_runtime()}), device {device}"
     )
     report: Dict[str, Any] = {"config": vars(args), "results": {}}
     for task in [t.strip() for t in args.tasks.split(",") if t.strip()]:
