@@ -162,11 +162,21 @@ struct Quantizer {
   double inv_step;     // 1 / step, rounded; the check in classify_code() covers its error
   float step;          // at most 8 significant bits, so float(m) * step is exact for m < 2^16
   float quarter_step;  // reconstruction of |q| = 0; may be 0 for tiny steps (then never coded)
+  float error_bound_down;  // the largest binary32 value <= error_bound
 };
+
+// The largest binary32 value that is not above v (v >= 0, not NaN).
+ACTZIP_HD float float_at_most(double v) {
+  if (v >= 3.4028234663852886e38) return 3.4028234663852886e38f;  // FLT_MAX (also for +Inf)
+  float f = float(v);  // rounded to nearest, possibly up
+  if (double(f) > v) f = bits_f32(f32_bits(f) - 1u);
+  return f;
+}
 
 ACTZIP_HD Quantizer make_quantizer(double error_bound, float step) {
   Quantizer qz;
   qz.error_bound = error_bound;
+  qz.error_bound_down = float_at_most(error_bound);
   qz.inv_step = 1.0 / double(step);
   qz.step = step;
   qz.quarter_step = step * 0.25f;
@@ -201,8 +211,14 @@ ACTZIP_HD int32_t classify_code(float x, const Quantizer& qz) {
   // Round to nearest (ties to even) without a libm call: valid for 0 <= ys < 2^51.
   const int32_t m = int32_t((ys + 6755399441055744.0) - 6755399441055744.0);
   const float mag = round_to_dtype<kDType>(m == 0 ? qz.quarter_step : float(m) * qz.step);
-  const double err = std::fabs(double(ax) - double(mag));
-  const bool coded = in_range & (err <= qz.error_bound) & (mag != 0.0f) & (xb != 0x80000000u);
+  // |x - x^| in binary32, exactly. For m >= 1, m is a nearest integer of |x| / step, so
+  // mag / 2 <= |x| <= 2 mag (a float32 |x| below step / 2 would have rounded to m = 0), and
+  // the subtraction is exact (Sterbenz); float16 and bfloat16 values of exponents that
+  // close differ by a number of at most 14 significant bits, exact too. For m = 0,
+  // |x - x^| < mag <= e, whatever the rounding. An exact float is <= e exactly when it is <=
+  // the largest float not above e; Inf and NaN fail the test, as they should.
+  const float err = bits_f32(f32_bits(ax - mag) & 0x7FFFFFFFu);
+  const bool coded = in_range & (err <= qz.error_bound_down) & (mag != 0.0f) & (xb != 0x80000000u);
   const int32_t c = (m + 1) * (1 - 2 * int32_t(xb >> 31));
   return xb == 0 ? 0 : (coded ? c : kOutlierCode);
 }

@@ -524,6 +524,22 @@ ACTZIP_TEST(make_quantizer_holds_the_step_its_reciprocal_and_its_quarter) {
     ACTZIP_CHECK(qz.inv_step == 1.0 / double(step), "bound %a: inv_step %a", e, qz.inv_step);
     ACTZIP_CHECK(bits_of(qz.quarter_step) == bits_of(step * 0.25f), "bound %a: quarter step %a", e,
                  double(qz.quarter_step));
+    ACTZIP_CHECK(bits_of(qz.error_bound_down) == bits_of(float_at_most(e)), "bound %a: float bound %a", e,
+                 double(qz.error_bound_down));
+  }
+}
+
+ACTZIP_TEST(float_at_most_is_the_largest_float_not_above_the_bound) {
+  std::mt19937_64 rng(17);
+  std::vector<double> values = {0.0, 1e-320, 1e-50, 0x1p-149, 0x1p-150, 0x1.8p-149, 1.0, 0.1, 1e-3, 3.0e38,
+                                3.4028234663852886e38, 3.5e38, 1e300, 1.7976931348623157e308};
+  for (int i = 0; i < 100000; ++i) values.push_back(std::ldexp(std::uniform_real_distribution<double>(0.5, 1.0)(rng),
+                                                              int(rng() % 300) - 160));
+  for (double v : values) {
+    const float f = float_at_most(v);
+    const float next = std::nextafter(f, HUGE_VALF);
+    ACTZIP_CHECK(std::isfinite(f) && double(f) <= v && (double(next) > v || !std::isfinite(next)),
+                 "float_at_most(%a) = %a", v, double(f));
   }
 }
 
