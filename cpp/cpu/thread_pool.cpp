@@ -4,11 +4,10 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <exception>
 #include <mutex>
 #include <thread>
 #include <vector>
-
-#include <exception>
 
 #if defined(__linux__)
 #include <dlfcn.h>

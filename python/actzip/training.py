@@ -150,7 +150,8 @@ class _Saved:
         "pending",       # unpacks left before the decoded tensor may be dropped
         "unpacked",      # the decoded tensor, kept while other savers still need it
         "nonzero",       # non-zero elements (compressed, on statistics steps), or None
-        "scale",         # a float mask's non-zero value: (dtype code, bits) from the CPU packer, a 0-d tensor, or None for bool
+        "scale",         # a float mask's non-zero value: (dtype code, bits) when packed on the
+                         # CPU, a 0-d tensor on other devices; None for a bool mask
         "__weakref__",
     )
 
