@@ -12,7 +12,9 @@ Methods: ``baseline`` (plain PyTorch); actzip with the ``constant``, ``gradual``
 ``adaptive`` and ``budget`` schedules (``--bound``, default 1e-2, relative; the budget is
 the baseline's peak divided by ``--budget-factor``, default 12); ``checkpoint``
 (``torch.utils.checkpoint`` around each residual stage / transformer block) and
-``save_on_cpu`` (``torch.autograd.graph.save_on_cpu``).
+``save_on_cpu`` (``torch.autograd.graph.save_on_cpu``). On request only,
+``gradual_own_threads``: the gradual schedule with the codec on actzip's own threads
+rather than torch's OpenMP workers (see cpp/cpu/thread_pool.h).
 
 Every method starts from the same weights and sees the same batches; the methods take
 their steps in turn (step 1 of each, then step 2...), so a change of load on the machine
@@ -32,6 +34,7 @@ Usage::
 
     python benchmarks/bench_training.py                       # both tasks, every method
     python benchmarks/bench_training.py --tasks cnn --methods baseline,gradual --steps-cnn 60
+    python benchmarks/bench_training.py --methods baseline,gradual,gradual_own_threads
     python benchmarks/bench_training.py --json benchmarks/out/training.json
 """
 
@@ -65,8 +68,9 @@ from actzip.examples import (  # noqa: E402
 )
 from actzip.training import ActivationCompressor, compressed_activations  # noqa: E402
 
-METHODS = ("baseline", "constant", "gradual", "adaptive", "budget", "checkpoint", "save_on_cpu")
-ACTZIP_METHODS = ("constant", "gradual", "adaptive", "budget")
+METHODS = ("baseline", "constant", "gradual", "adaptive", "budget", "checkpoint", "save_on_cpu", "gradual_own_threads")
+DEFAULT_METHODS = METHODS[:-1]
+ACTZIP_METHODS = ("constant", "gradual", "adaptive", "budget", "gradual_own_threads")
 
 
 # ---------------------------------------------------------------------------------------
@@ -116,6 +120,20 @@ def checkpointed_forward(task: str) -> Callable[[nn.Module, torch.Tensor], torch
     return forward
 
 
+@contextlib.contextmanager
+def own_threads(on: bool):
+    """Runs the codec on actzip's own threads instead of torch's OpenMP workers while
+    active (the ``gradual_own_threads`` method: what the thread runtime is worth)."""
+    if not on:
+        yield
+        return
+    actzip._core.use_own_threads(True)
+    try:
+        yield
+    finally:
+        actzip._core.use_own_threads(False)
+
+
 # ---------------------------------------------------------------------------------------
 # One method's training run, a step at a time
 # ---------------------------------------------------------------------------------------
@@ -162,7 +180,8 @@ class Run:
 
     def _make_compressor(self) -> None:
         budget = self.budget_bytes() if self.method == "budget" else None
-        schedule = make_schedule(self.method, self.steps, final_bound=self.bound, budget_bytes=budget)
+        name = "gradual" if self.method == "gradual_own_threads" else self.method
+        schedule = make_schedule(name, self.steps, final_bound=self.bound, budget_bytes=budget)
         self.compressor = compressed_activations(self.model, schedule=schedule, mode="rel")
         if self.method == "adaptive":
             x, y = next(self.spec["batches"]())
@@ -195,7 +214,7 @@ class Run:
         # Entering the compressor (module hooks) is outside the timed part: a real run
         # enters it once.
         outer = self.compressor if self.compressor is not None else contextlib.nullcontext()
-        with outer:
+        with outer, own_threads(self.method == "gradual_own_threads"):
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             start = time.perf_counter()
@@ -395,7 +414,11 @@ def table(results: List[Dict[str, Any]], metric_name: str, higher_is_better: boo
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", default="cnn,lm", help="comma-separated: cnn, lm (default both)")
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
+    parser.add_argument(
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        help=f"comma-separated, from {', '.join(METHODS)} (default: all but the last)",
+    )
     parser.add_argument("--steps-cnn", type=int, default=120, help="training steps on the digits CNN (default 120)")
     parser.add_argument("--steps-lm", type=int, default=150, help="training steps on the transformer (default 150)")
     parser.add_argument("--corpus-chars", type=int, default=2_000_000, help="characters of stdlib source (default 2e6)")
