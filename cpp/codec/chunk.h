@@ -171,22 +171,33 @@ ACTZIP_HD double fine_cost_bits(const uint32_t* hist, uint32_t total, const floa
   return bits;
 }
 
-// The chunk flag of the predictor the sample favours (0: none); *chosen points to its histogram.
-ACTZIP_HD uint8_t choose_predictor(const PredictorHist& ph, bool with_2d, const float* nlog2n,
-                                   const uint32_t** chosen) {
-  const double none = fine_cost_bits(ph.none, ph.coded, nlog2n);
-  const double lor = fine_cost_bits(ph.lor, ph.coded, nlog2n) + ph.sign_bits;
-  const double lor2d = with_2d ? fine_cost_bits(ph.lor2d, ph.coded, nlog2n) + ph.sign_bits : 0.0;
+// The chunk flag of the predictor whose sampled cost is lowest (0: none; ties go to
+// Lorenzo, then to 2-D Lorenzo), `cost(hist)` giving a histogram's bits; both Lorenzo
+// predictors also pay `sign_bits`. *chosen points to the winner's histogram.
+template <class Cost>
+ACTZIP_HD uint8_t choose_cheapest(const uint32_t* none_hist, const uint32_t* lor_hist, const uint32_t* lor2d_hist,
+                                  uint32_t sign_bits, bool with_2d, Cost cost, const uint32_t** chosen) {
+  const double none = cost(none_hist);
+  const double lor = cost(lor_hist) + sign_bits;
+  const double lor2d = with_2d ? cost(lor2d_hist) + sign_bits : 0.0;
   if (lor < none && (!with_2d || lor <= lor2d)) {
-    *chosen = ph.lor;
+    *chosen = lor_hist;
     return kChunkLorenzo;
   }
   if (with_2d && lor2d < none) {
-    *chosen = ph.lor2d;
+    *chosen = lor2d_hist;
     return kChunkLorenzo2D;
   }
-  *chosen = ph.none;
+  *chosen = none_hist;
   return 0;
+}
+
+// The chunk flag of the predictor the sample favours (0: none); *chosen points to its histogram.
+ACTZIP_HD uint8_t choose_predictor(const PredictorHist& ph, bool with_2d, const float* nlog2n,
+                                   const uint32_t** chosen) {
+  const uint32_t coded = ph.coded;
+  return choose_cheapest(ph.none, ph.lor, ph.lor2d, ph.sign_bits, with_2d,
+                         [=](const uint32_t* hist) { return fine_cost_bits(hist, coded, nlog2n); }, chosen);
 }
 
 // ---------------------------------------------------------------------------------------

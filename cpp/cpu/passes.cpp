@@ -46,15 +46,14 @@ struct NibbleTables {
 };
 const NibbleTables kNibbles;
 
-// The bits of `value` at the set bits of `mask`, packed low; *count gets their number.
-inline uint32_t gather_bits(uint32_t value, uint32_t mask, uint32_t* count) {
+// The bits of `value` at the set bits of `mask`, packed low.
+inline uint32_t gather_bits(uint32_t value, uint32_t mask) {
   uint32_t out = 0, n = 0;
   for (uint32_t s = 0; s < 32; s += 4) {
     const uint32_t m = (mask >> s) & 15u;
     out |= uint32_t(kNibbles.gather[m][(value >> s) & 15u]) << n;
     n += kNibbles.count[m];
   }
-  *count = n;
   return out;
 }
 // The low bits of `value` placed at the set bits of `mask`, in order.
@@ -110,10 +109,6 @@ bool pext_passes = cpu_has_fast_pext();
 
 // The sign passes gather (compress) and scatter (decompress) bits under a mask once every 32
 // elements, with pext/pdep where they are fast and the nibble tables elsewhere.
-inline uint32_t gather_bits_tables(uint32_t value, uint32_t mask) {
-  uint32_t count;
-  return gather_bits(value, mask, &count);
-}
 ACTZIP_TARGET_BMI2 uint32_t gather_bits_pext(uint32_t value, uint32_t mask) { return _pext_u32(value, mask); }
 ACTZIP_TARGET_BMI2 uint32_t scatter_bits_pdep(uint32_t value, uint32_t mask) { return _pdep_u32(value, mask); }
 using BitsUnderMask = uint32_t (*)(uint32_t value, uint32_t mask);
@@ -313,20 +308,9 @@ double sampled_cost_bits(const uint32_t* hist, uint32_t total, const float* nlog
 
 uint8_t choose_sampled_predictor(const SampleTally& tally, bool with_2d, const float* nlog2n,
                                  const uint32_t** chosen) {
-  // choose_predictor()'s comparisons on the same costs.
-  const double none = sampled_cost_bits(tally.none, tally.coded, nlog2n);
-  const double lor = sampled_cost_bits(tally.lor, tally.coded, nlog2n) + tally.sign_bits;
-  const double lor2d = with_2d ? sampled_cost_bits(tally.lor2d, tally.coded, nlog2n) + tally.sign_bits : 0.0;
-  if (lor < none && (!with_2d || lor <= lor2d)) {
-    *chosen = tally.lor;
-    return kChunkLorenzo;
-  }
-  if (with_2d && lor2d < none) {
-    *chosen = tally.lor2d;
-    return kChunkLorenzo2D;
-  }
-  *chosen = tally.none;
-  return 0;
+  const uint32_t coded = tally.coded;
+  return choose_cheapest(tally.none, tally.lor, tally.lor2d, tally.sign_bits, with_2d,
+                         [=](const uint32_t* hist) { return sampled_cost_bits(hist, coded, nlog2n); }, chosen);
 }
 
 ACTZIP_MULTIVERSION_WIDE void classify_codes_f32(const float* x, uint32_t n, const Quantizer& qz, int32_t* codes,
@@ -489,7 +473,7 @@ uint64_t write_sign_stream(const int32_t* __restrict codes, uint32_t n, uint8_t*
 #if ACTZIP_AVX2_PASSES
   if (avx2_passes)
     i0 = pext_passes ? write_sign_blocks_avx2<gather_bits_pext>(codes, n, &sink)
-                     : write_sign_blocks_avx2<gather_bits_tables>(codes, n, &sink);
+                     : write_sign_blocks_avx2<gather_bits>(codes, n, &sink);
 #endif
   uint64_t& acc = sink.acc;
   uint32_t& fill = sink.fill;
