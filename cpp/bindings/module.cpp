@@ -72,6 +72,7 @@ py::dict stats_dict(const actzip::CompressStats& s) {
   d["zero_chunks"] = s.zero_chunks;
   d["lorenzo_chunks"] = s.lorenzo_chunks;
   d["lorenzo2d_chunks"] = s.lorenzo2d_chunks;
+  d["zero_map_chunks"] = s.zero_map_chunks;
   return d;
 }
 

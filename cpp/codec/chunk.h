@@ -48,6 +48,25 @@ enum SampleCounter : int {
   kCountMask = 3,       // mask byte
   kCountSign = 4,       // a coded element whose q is 0 (a sign bit for either Lorenzo predictor)
   kCountCoded = 5,      // a coded element
+  kCountZmap = 6,       // a zero-map byte of the value without prediction; + 1: 1-D Lorenzo; + 2: 2-D
+};
+
+// Collects a sample run's zero-map bytes under one predictor: a bit per coded value (1: not
+// 0), eight to a byte; the run's last byte counts as far as it is filled.
+struct ZmapBytes {
+  uint32_t byte = 0, filled = 0;
+  template <class Count>
+  ACTZIP_HD void add(bool nonzero, int what, Count& count) {
+    byte |= uint32_t(nonzero) << filled;
+    if (++filled == 8) {
+      count(what, byte);
+      byte = filled = 0;
+    }
+  }
+  template <class Count>
+  ACTZIP_HD void finish(int what, Count& count) {
+    if (filled) count(what, byte);
+  }
 };
 
 // Adds one sample run to the counts: `codes` holds the run's codes preceded by `context`
@@ -62,12 +81,16 @@ ACTZIP_HD void sample_run(const int32_t* codes, uint32_t context, uint32_t n, ui
   int32_t prev = 0;
   uint32_t mask_byte = 0;
   uint32_t col = col0;
+  ZmapBytes zmap[3];
   for (uint32_t j = 0; j < n; ++j) {
     const int32_t c = codes[context + j];
     if (c != 0 && c != kOutlierCode) {
       const int32_t q = code_to_q(c);
-      count(kCountNone, fine_bin(code_to_u(c)));
-      count(kCountLorenzo, fine_bin(zigzag(q - prev)));
+      const uint32_t u_none = code_to_u(c), u_lor = zigzag(q - prev);
+      count(kCountNone, fine_bin(u_none));
+      count(kCountLorenzo, fine_bin(u_lor));
+      zmap[0].add(u_none != 0, kCountZmap, count);
+      zmap[1].add(u_lor != 0, kCountZmap + 1, count);
       if (q == 0) count(kCountSign, 0u);
       if (row) {
         // Positions relative to the window, which starts `first - context` into the chunk.
@@ -78,7 +101,9 @@ ACTZIP_HD void sample_run(const int32_t* codes, uint32_t context, uint32_t n, ui
         const int32_t al = left && i >= row + 1 ? grid[i - row - 1] : 0;
         int32_t p = l + a - al;
         p = p > kMaxQ ? kMaxQ : (p < -kMaxQ ? -kMaxQ : p);
-        count(kCountLorenzo2D, fine_bin(zigzag(q - p)));
+        const uint32_t u_2d = zigzag(q - p);
+        count(kCountLorenzo2D, fine_bin(u_2d));
+        zmap[2].add(u_2d != 0, kCountZmap + 2, count);
       }
       prev = q;
       mask_byte |= 1u << (j & 7);
@@ -90,6 +115,7 @@ ACTZIP_HD void sample_run(const int32_t* codes, uint32_t context, uint32_t n, ui
     }
     if (row && ++col == row) col = 0;
   }
+  for (int p = 0; p < (row ? 3 : 2); ++p) zmap[p].finish(kCountZmap + p, count);
 }
 
 // Where sample run r of a chunk of `elems` elements starts. Run r lies in the r-th stretch
@@ -137,6 +163,7 @@ struct PredictorHist {
   uint32_t none[kFineAlphabet], lor[kFineAlphabet], lor2d[kFineAlphabet];
   uint32_t sign_bits;  // coded elements whose q is 0: the Lorenzo predictors spend a sign bit on each
   uint32_t coded;
+  uint32_t zmap[3][256];  // zero-map bytes under each predictor: none, 1-D Lorenzo, 2-D Lorenzo
 };
 
 // Counts a sample into a chunk's PredictorHist and a mask histogram with counters of type
@@ -152,7 +179,8 @@ struct LocalSampleCount {
       case kCountLorenzo2D: ++ph->lor2d[index]; break;
       case kCountMask: ++mask[index]; break;
       case kCountSign: ++ph->sign_bits; break;
-      default: ++ph->coded; break;
+      case kCountCoded: ++ph->coded; break;
+      default: ++ph->zmap[what - kCountZmap][index]; break;
     }
   }
 };
@@ -190,6 +218,24 @@ ACTZIP_HD uint8_t choose_cheapest(const uint32_t* none_hist, const uint32_t* lor
   }
   *chosen = none_hist;
   return 0;
+}
+
+// Which of a sample's per-predictor histograms (0 none, 1 Lorenzo, 2 2-D Lorenzo) a
+// predictor's chunk flag uses.
+ACTZIP_HD uint32_t predictor_slot(uint32_t flag) {
+  return flag == kChunkLorenzo ? 1u : (flag == kChunkLorenzo2D ? 2u : 0u);
+}
+
+// Whether a chunk of a tensor of `num_chunks` chunks carries a zero map (docs/FORMAT.md
+// section 8): when at least a fifth of its sampled values under the chosen predictor
+// (`chosen`, of `coded` counts) are 0, in a tensor of at least kMinZeroMapChunks chunks.
+// Below a fifth, a Huffman code's bit or two per zero costs less than the map; in a smaller
+// tensor, the map's codebook (130 header bytes, built from fewer samples) costs more than
+// the maps save (measured on convolution activations: 9% more bytes for one chunk, 0.5% less
+// from 8 chunks on).
+inline constexpr uint32_t kMinZeroMapChunks = 8;
+ACTZIP_HD bool choose_zero_map(const uint32_t* chosen, uint32_t coded, uint32_t num_chunks) {
+  return num_chunks >= kMinZeroMapChunks && coded > 0 && 5ull * chosen[0] >= uint64_t(coded);
 }
 
 // The chunk flag of the predictor the sample favours (0: none); *chosen points to its histogram.
@@ -252,16 +298,41 @@ struct ChunkLayout {
   uint32_t lane_bytes[kCodeLanes];
   uint32_t zeros, coded;  // statistics: elements of each class (all three counted for every kind)
   uint64_t length;        // bytes of the whole chunk, header included
-  uint64_t reserved;
+  uint32_t zmap_bytes;    // the zero map's section (0 without one)
+  uint32_t reserved;
 };
 static_assert(sizeof(ChunkLayout) == 64, "ChunkLayout is a 64-byte record");
 
-// The encoder's codebooks, packed: code[s] and mask[s] hold symbol s's bit-reversed code
-// in bits 0-15 and its length in bits 16-23.
+// The encoder's codebooks, packed: code[s], mask[s] and zmap[s] hold symbol s's
+// bit-reversed code in bits 0-15 and its length in bits 16-23.
 struct EncodeBooks {
   const uint32_t* code;
   const uint32_t* mask;
+  const uint32_t* zmap;
   int k;  // direct_log2
+};
+
+// Deals a chunk's coded values to the lanes, or, with a zero map, its map bits to bytes and
+// only the values that are not 0 to the lanes (docs/FORMAT.md section 2). `put_map(byte)`
+// takes each finished map byte; `lane(v)` returns the lane value v goes to, or -1 when the
+// map carries it.
+struct LaneDealer {
+  bool zero_map;
+  uint32_t map_byte = 0, map_fill = 0, carried = 0;
+  template <class PutMap>
+  ACTZIP_HD int lane(uint32_t t, uint32_t v, PutMap put_map) {
+    if (!zero_map) return int(t % kCodeLanes);
+    map_byte |= uint32_t(v != 0) << map_fill;
+    if (++map_fill == 8) {
+      put_map(map_byte);
+      map_byte = map_fill = 0;
+    }
+    return v != 0 ? int(carried++ % kCodeLanes) : -1;
+  }
+  template <class PutMap>
+  ACTZIP_HD void finish(PutMap put_map) {
+    if (zero_map && map_fill) put_map(map_byte);
+  }
 };
 
 // A code value's symbol bits and extra bits as one field (bits) and its length.
@@ -329,14 +400,20 @@ ACTZIP_HD void scan_chunk(const void* data, uint64_t begin, uint32_t elems, cons
 
 struct MeasureSink {
   const EncodeBooks* books;
+  LaneDealer dealer;
   uint64_t lane_bits[kCodeLanes] = {0, 0, 0, 0};
-  uint64_t sign_bits = 0, mask_bits = 0;
+  uint64_t sign_bits = 0, mask_bits = 0, zmap_bits = 0;
   uint32_t zeros = 0, outliers = 0, coded = 0;
 
+  ACTZIP_HD void count_map(uint32_t byte) { zmap_bits += (books->zmap[byte] >> 16) & 0xFFu; }
   ACTZIP_HD void code(uint32_t t, uint32_t v) {
+    const int l = dealer.lane(t, v, [this](uint32_t byte) { count_map(byte); });
     uint64_t bits;
-    lane_bits[t % kCodeLanes] += uint64_t(symbol_bits(v, *books, &bits));
+    if (l >= 0) lane_bits[l] += uint64_t(symbol_bits(v, *books, &bits));
     ++coded;
+  }
+  ACTZIP_HD void finish() {
+    dealer.finish([this](uint32_t byte) { count_map(byte); });
   }
   ACTZIP_HD void sign(bool) { ++sign_bits; }
   ACTZIP_HD void outlier(uint32_t) { ++outliers; }
@@ -355,15 +432,19 @@ ACTZIP_HD uint64_t layout_length(uint32_t kind, uint32_t mask_bytes, uint32_t co
 }
 
 // Measures chunk `chunk`: the kind the CPU backend would choose and every section's length.
+// `choice`: the chunk flags the sample chose (a predictor's, and kChunkZeroMap).
 template <int kDT>
-ACTZIP_HD void measure_chunk(const void* data, uint64_t numel, uint32_t chunk, const Quantizer& qz,
-                             uint32_t predictor, uint32_t row, const EncodeBooks& books, ChunkLayout* out) {
+ACTZIP_HD void measure_chunk(const void* data, uint64_t numel, uint32_t chunk, const Quantizer& qz, uint32_t choice,
+                             uint32_t row, const EncodeBooks& books, ChunkLayout* out) {
   constexpr uint32_t es = kDT == 1 ? 4 : 2;
   const uint64_t begin = uint64_t(chunk) * kChunkElems;
   const uint32_t elems = numel - begin < kChunkElems ? uint32_t(numel - begin) : kChunkElems;
+  const uint32_t predictor = choice & (kChunkLorenzo | kChunkLorenzo2D);
   MeasureSink m;
   m.books = &books;
+  m.dealer.zero_map = (choice & kChunkZeroMap) != 0;
   scan_chunk<kDT>(data, begin, elems, qz, predictor, row, m);
+  m.finish();
   ChunkLayout L;
   std::memset(&L, 0, sizeof L);
   L.zeros = m.zeros;
@@ -375,11 +456,13 @@ ACTZIP_HD void measure_chunk(const void* data, uint64_t numel, uint32_t chunk, c
   } else {
     L.kind = kChunkCoded;
     const bool has_mask = m.coded != elems;
-    L.flags = (has_mask ? kChunkHasMask : 0u) | predictor;
+    const bool zero_map = m.dealer.zero_map && m.coded > 0;
+    L.flags = (has_mask ? kChunkHasMask : 0u) | predictor | (zero_map ? kChunkZeroMap : 0u);
     uint64_t code_len = 0;
     if (m.coded > 0) {
       L.sign_bytes = uint32_t(bits_to_section(m.sign_bits));
-      code_len = kLaneTableBytes + L.sign_bytes;
+      L.zmap_bytes = zero_map ? uint32_t(bits_to_section(m.zmap_bits)) : 0u;
+      code_len = kLaneTableBytes + L.zmap_bytes + L.sign_bytes;
       for (uint32_t l = 0; l < kCodeLanes; ++l) {
         L.lane_bytes[l] = uint32_t(bits_to_section(m.lane_bits[l]));
         code_len += L.lane_bytes[l];
@@ -390,7 +473,7 @@ ACTZIP_HD void measure_chunk(const void* data, uint64_t numel, uint32_t chunk, c
     const uint64_t coded_len = layout_length(kChunkCoded, L.mask_bytes, L.code_bytes, L.outliers, elems, es);
     if (coded_len >= layout_length(kChunkRaw, 0, 0, 0, elems, es)) {
       L.kind = kChunkRaw;
-      L.flags = L.mask_bytes = L.code_bytes = L.sign_bytes = 0;
+      L.flags = L.mask_bytes = L.code_bytes = L.sign_bytes = L.zmap_bytes = 0;
       for (uint32_t l = 0; l < kCodeLanes; ++l) L.lane_bytes[l] = 0;
     }
   }
@@ -405,16 +488,26 @@ struct WriteSink {
   const void* data;
   uint64_t begin;
   WordBitWriter lane[kCodeLanes];
-  WordBitWriter signs, masks;
+  WordBitWriter signs, masks, zmaps;
   uint8_t* pos;   // outlier positions
   uint8_t* vals;  // outlier values
   bool with_mask;
+  LaneDealer dealer;
   uint32_t outliers = 0;
 
+  ACTZIP_HD void put_map(uint32_t byte) {
+    const uint32_t cl = books->zmap[byte];
+    zmaps.put(cl & 0xFFFFu, int((cl >> 16) & 0xFFu));
+  }
   ACTZIP_HD void code(uint32_t t, uint32_t v) {
+    const int l = dealer.lane(t, v, [this](uint32_t byte) { put_map(byte); });
+    if (l < 0) return;
     uint64_t bits;
     const int n = symbol_bits(v, *books, &bits);
-    lane[t % kCodeLanes].put(bits, n);
+    lane[l].put(bits, n);
+  }
+  ACTZIP_HD void finish() {
+    dealer.finish([this](uint32_t byte) { put_map(byte); });
   }
   ACTZIP_HD void sign(bool negative) { signs.put(negative ? 1u : 0u, 1); }
   ACTZIP_HD void outlier(uint32_t i) {
@@ -459,14 +552,24 @@ ACTZIP_HD void write_chunk(const void* data, uint64_t numel, uint32_t chunk, con
     return;
   }
   uint8_t* code = body + L.mask_bytes;
-  WriteSink<kDT> w{&books, data, begin, {WordBitWriter(nullptr), WordBitWriter(nullptr), WordBitWriter(nullptr),
-                                         WordBitWriter(nullptr)},
-                   WordBitWriter(nullptr), WordBitWriter(body), nullptr, nullptr, L.mask_bytes != 0};
+  WriteSink<kDT> w{&books,
+                   data,
+                   begin,
+                   {WordBitWriter(nullptr), WordBitWriter(nullptr), WordBitWriter(nullptr), WordBitWriter(nullptr)},
+                   WordBitWriter(nullptr),
+                   WordBitWriter(body),
+                   WordBitWriter(nullptr),
+                   nullptr,
+                   nullptr,
+                   L.mask_bytes != 0,
+                   LaneDealer{(L.flags & kChunkZeroMap) != 0}};
   if (L.code_bytes) {
     for (uint32_t l = 0; l < kCodeLanes; ++l) put_u32(code + 4 * l, L.lane_bytes[l]);
     put_u32(code + 4 * kCodeLanes, L.sign_bytes);
-    put_u32(code + 4 * kCodeLanes + 4, 0);
+    put_u32(code + 4 * kCodeLanes + 4, L.zmap_bytes);
     uint8_t* at = code + kLaneTableBytes;
+    w.zmaps = WordBitWriter(at);
+    at += L.zmap_bytes;
     for (uint32_t l = 0; l < kCodeLanes; ++l) {
       w.lane[l] = WordBitWriter(at);
       at += L.lane_bytes[l];
@@ -480,9 +583,11 @@ ACTZIP_HD void write_chunk(const void* data, uint64_t numel, uint32_t chunk, con
   const uint64_t val_bytes = uint64_t(L.outliers) * es;
   zero_fill(w.vals + val_bytes, (val_bytes + 7) / 8 * 8 - val_bytes);
   scan_chunk<kDT>(data, begin, elems, qz, L.flags & (kChunkLorenzo | kChunkLorenzo2D), row, w);
+  w.finish();
   if (L.code_bytes) {
     for (uint32_t l = 0; l < kCodeLanes; ++l) w.lane[l].flush();
     w.signs.flush();
+    if (L.zmap_bytes) w.zmaps.flush();
   }
   if (L.mask_bytes) w.masks.flush();
 }
@@ -533,6 +638,11 @@ enum DecodeError : uint32_t {
   kErrLaneFit,           // a lane's length does not match its symbols
   kErrSignFit,           // the sign stream's length does not match its bits
   kErrOutlierPosition,   // outlier positions not increasing, out of range or on a coded element
+  kErrZmapEmpty,         // a zero map in a chunk without coded elements
+  kErrNoZmapBook,        // a zero map but no zero-map codebook
+  kErrZmapLength,        // the zero map's length is invalid or does not match its symbols
+  kErrZmapCode,          // a bit pattern that is no zero-map code
+  kErrZmapTail,          // zero-map bits set past the last coded element
   kDecodeErrorCount
 };
 
@@ -556,6 +666,11 @@ inline const char* decode_error_text(uint32_t e) {
     case kErrLaneFit: return "code lane length mismatch";
     case kErrSignFit: return "sign stream length mismatch";
     case kErrOutlierPosition: return "invalid outlier position";
+    case kErrZmapEmpty: return "a zero map without coded elements";
+    case kErrNoZmapBook: return "a zero map but the stream has no zero-map codebook";
+    case kErrZmapLength: return "zero map length mismatch";
+    case kErrZmapCode: return "invalid zero-map code";
+    case kErrZmapTail: return "zero-map bits set past the last coded element";
     default: return "decoding failed";
   }
 }
@@ -569,15 +684,16 @@ struct DecodeParams {
   double error_bound;
   float quant_step;
   int direct_log2;
-  bool has_mask_book, has_code_book;
+  bool has_mask_book, has_code_book, has_zmap_book;
+  uint32_t version;  // format_version: zero maps need 2
 };
 
 // Decode tables, built by build_decode_table_one(), kDecodeTableSize u32 entries each,
-// indexed by the next kMaxCodeLen bits: the mask table's entries are symbol | length << 12
-// (length 0: no code); the code table's ("wide") hold the symbol in bits 0-11, the code
-// length in 12-15, the extra bits in 16-20, length plus extra bits in 21-26, a class flag
-// in 27 and an invalid-code flag in 28.
-inline constexpr uint64_t kDecodeTablesBytes = 2 * kDecodeTableSize * 4;
+// indexed by the next kMaxCodeLen bits, in this order: mask, code, zero map. The mask and
+// zero-map tables' entries are symbol | length << 12 (length 0: no code); the code table's
+// ("wide") hold the symbol in bits 0-11, the code length in 12-15, the extra bits in 16-20,
+// length plus extra bits in 21-26, a class flag in 27 and an invalid-code flag in 28.
+inline constexpr uint64_t kDecodeTablesBytes = 3 * kDecodeTableSize * 4;
 
 // Builds a decode table from nibble-packed code lengths as the header stores them
 // (docs/FORMAT.md section 1). Returns false for lengths that are no canonical code.
@@ -623,7 +739,8 @@ ACTZIP_HD bool build_decode_table_one(const uint8_t* nibbles, uint32_t count, ui
 struct ChunkFields {
   uint32_t kind, flags, outliers, mask_bytes, code_bytes;
 };
-ACTZIP_HD uint32_t parse_chunk_fields(const uint8_t* p, uint64_t span, uint32_t elems, uint32_t es, ChunkFields* f) {
+ACTZIP_HD uint32_t parse_chunk_fields(const uint8_t* p, uint64_t span, uint32_t elems, uint32_t es, uint32_t version,
+                                      ChunkFields* f) {
   if (span < kChunkHeaderBytes) return kErrChunkLength;
   f->kind = p[0];
   f->flags = p[1];
@@ -634,7 +751,9 @@ ACTZIP_HD uint32_t parse_chunk_fields(const uint8_t* p, uint64_t span, uint32_t 
   if (f->kind != kChunkCoded) {
     if (f->flags || f->outliers || f->mask_bytes || f->code_bytes) return kErrChunkHeader;
   } else {
-    if (f->flags & ~uint32_t(kChunkLorenzo | kChunkHasMask | kChunkLorenzo2D)) return kErrChunkHeader;
+    const uint32_t known = kChunkLorenzo | kChunkHasMask | kChunkLorenzo2D |
+                           (version >= kFirstZeroMapVersion ? kChunkZeroMap : 0u);
+    if (f->flags & ~known) return kErrChunkHeader;
     if ((f->flags & kChunkLorenzo) && (f->flags & kChunkLorenzo2D)) return kErrChunkHeader;
     if (f->outliers > elems || f->mask_bytes % 8 || f->code_bytes % 8) return kErrChunkHeader;
     if (!(f->flags & kChunkHasMask) && (f->mask_bytes != 0 || f->outliers != 0)) return kErrChunkHeader;
@@ -650,7 +769,7 @@ ACTZIP_HD uint32_t parse_chunk_fields(const uint8_t* p, uint64_t span, uint32_t 
 template <int kDT>
 ACTZIP_HD uint32_t decode_chunk_stream(const uint8_t* payload, const uint8_t* chunk_table, uint32_t chunk,
                                        const DecodeParams& p, const uint32_t* mask_table,
-                                       const uint32_t* code_table, void* out) {
+                                       const uint32_t* code_table, const uint32_t* zmap_table, void* out) {
   constexpr uint32_t es = kDT == 1 ? 4 : 2;
   const uint64_t begin = uint64_t(chunk) * kChunkElems;
   const uint32_t elems = p.numel - begin < kChunkElems ? uint32_t(p.numel - begin) : kChunkElems;
@@ -659,7 +778,7 @@ ACTZIP_HD uint32_t decode_chunk_stream(const uint8_t* payload, const uint8_t* ch
   if (end < start || end > p.payload_bytes || start % 8 || end % 8) return kErrChunkTable;
   const uint8_t* ck = payload + start;
   ChunkFields f;
-  uint32_t err = parse_chunk_fields(ck, end - start, elems, es, &f);
+  uint32_t err = parse_chunk_fields(ck, end - start, elems, es, p.version, &f);
   if (err) return err;
   uint8_t* dst = static_cast<uint8_t*>(out) + begin * es;
   const uint8_t* body = ck + kChunkHeaderBytes;
@@ -674,16 +793,19 @@ ACTZIP_HD uint32_t decode_chunk_stream(const uint8_t* payload, const uint8_t* ch
   const bool has_mask = f.flags & kChunkHasMask;
   const bool lorenzo = f.flags & kChunkLorenzo;
   const bool lorenzo2d = f.flags & kChunkLorenzo2D;
+  const bool zero_map = f.flags & kChunkZeroMap;
   if (lorenzo2d && p.row == 0) return kErr2DRow;
   const uint32_t mask_len = (elems + 7) / 8;
-  auto mask_next = [&](BitReader& r, uint32_t* byte) {
+  // The next byte of a mask or zero map.
+  auto byte_next = [&](BitReader& r, const uint32_t* table, uint32_t* byte) {
     if (r.available() < kMaxCodeLen) r.refill();
-    const uint32_t e = mask_table[r.peek() & (kDecodeTableSize - 1)];
+    const uint32_t e = table[r.peek() & (kDecodeTableSize - 1)];
     const int l = int(e >> 12);
     r.consume(l);
     *byte = e & 0xFFu;
     return l != 0;
   };
+  auto mask_next = [&](BitReader& r, uint32_t* byte) { return byte_next(r, mask_table, byte); };
   uint32_t coded = elems;
   if (has_mask) {
     if (!p.has_mask_book) return kErrNoMaskBook;
@@ -708,15 +830,21 @@ ACTZIP_HD uint32_t decode_chunk_stream(const uint8_t* payload, const uint8_t* ch
     if ((elems & 7) && (last >> (elems & 7)) != 0) return kErrMaskTail;
     if (f.outliers > elems - coded) return kErrTooManyOutliers;
   }
+  if (zero_map && coded == 0) return kErrZmapEmpty;
+  if (zero_map && !p.has_zmap_book) return kErrNoZmapBook;
   if (coded > 0 && !p.has_code_book) return kErrNoCodeBook;
   if ((coded == 0) != (f.code_bytes == 0) || (coded > 0 && f.code_bytes < kLaneTableBytes)) return kErrCodeSection;
   const uint8_t* code = body + f.mask_bytes;
   BitReader lane[kCodeLanes];
-  BitReader signs;
+  BitReader signs, zr;
   uint64_t lane_bytes[kCodeLanes] = {0, 0, 0, 0};
-  uint32_t sign_bytes = 0;
+  uint32_t sign_bytes = 0, zmap_bytes = 0;
   if (coded > 0) {
-    uint64_t at = kLaneTableBytes;
+    zmap_bytes = get_u32(code + 4 * kCodeLanes + 4);
+    if (!zero_map && zmap_bytes != 0) return kErrReserved;
+    if (zmap_bytes % 8 != 0 || zmap_bytes > f.code_bytes - kLaneTableBytes) return kErrZmapLength;
+    zr = BitReader(code + kLaneTableBytes, code + kLaneTableBytes + zmap_bytes);
+    uint64_t at = kLaneTableBytes + zmap_bytes;
     for (uint32_t l = 0; l < kCodeLanes; ++l) {
       lane_bytes[l] = get_u32(code + 4 * l);
       if (lane_bytes[l] % 8 != 0 || lane_bytes[l] > f.code_bytes - at) return kErrLaneLength;
@@ -724,7 +852,6 @@ ACTZIP_HD uint32_t decode_chunk_stream(const uint8_t* payload, const uint8_t* ch
       at += lane_bytes[l];
     }
     sign_bytes = get_u32(code + 4 * kCodeLanes);
-    if (get_u32(code + 4 * kCodeLanes + 4) != 0) return kErrReserved;
     if (sign_bytes % 8 != 0 || sign_bytes != f.code_bytes - at) return kErrSignSection;
     if (sign_bytes != 0 && !(lorenzo || lorenzo2d)) return kErrSignSection;
     signs = BitReader(code + at, code + at + sign_bytes);
@@ -735,6 +862,7 @@ ACTZIP_HD uint32_t decode_chunk_stream(const uint8_t* payload, const uint8_t* ch
   int32_t ring[kRing];
   int32_t prev = 0;
   uint32_t bad = 0, t = 0, mask_byte = 0xFFu;
+  uint32_t zmap_byte = 0xFFu, zmap_left = 0, carried = 0;  // zero map: the current byte's bits not yet used
   uint32_t col = p.row ? uint32_t(begin % p.row) : 0;
   for (uint32_t i = 0; i < elems; ++i) {
     if (has_mask && (i & 7) == 0) mask_next(mr, &mask_byte);
@@ -742,15 +870,28 @@ ACTZIP_HD uint32_t decode_chunk_stream(const uint8_t* payload, const uint8_t* ch
     uint32_t bits = 0;
     int32_t q = 0;
     if (is_coded) {
-      BitReader& rd = lane[t % kCodeLanes];
-      rd.refill();
-      const uint64_t w = rd.peek();
-      const uint32_t e = code_table[w & (kDecodeTableSize - 1)];
-      const uint32_t len = (e >> 12) & 15u, eb = (e >> 16) & 31u, total = (e >> 21) & 63u;
-      rd.consume(int(total));
-      const uint32_t extra = uint32_t(w >> len) & ((1u << eb) - 1u);
-      const uint32_t u = (e & (1u << 27)) ? (1u << eb) + extra : (e & 0xFFFu);
-      bad |= e >> 28;
+      bool is_carried = true;
+      if (zero_map) {
+        if (zmap_left == 0) {
+          bad |= uint32_t(!byte_next(zr, zmap_table, &zmap_byte)) << 1;
+          zmap_left = 8;
+        }
+        is_carried = zmap_byte & 1u;
+        zmap_byte >>= 1;
+        --zmap_left;
+      }
+      uint32_t u = 0;
+      if (is_carried) {
+        BitReader& rd = lane[carried++ % kCodeLanes];
+        rd.refill();
+        const uint64_t w = rd.peek();
+        const uint32_t e = code_table[w & (kDecodeTableSize - 1)];
+        const uint32_t len = (e >> 12) & 15u, eb = (e >> 16) & 31u, total = (e >> 21) & 63u;
+        rd.consume(int(total));
+        const uint32_t extra = uint32_t(w >> len) & ((1u << eb) - 1u);
+        u = (e & (1u << 27)) ? (1u << eb) + extra : (e & 0xFFFu);
+        bad |= (e >> 28) & 1u;
+      }
       int32_t cv;
       if (lorenzo || lorenzo2d) {
         int32_t pred = prev;
@@ -796,7 +937,10 @@ ACTZIP_HD uint32_t decode_chunk_stream(const uint8_t* payload, const uint8_t* ch
     if (lorenzo2d) ring[i & (kRing - 1)] = q;
     if (p.row && ++col == p.row) col = 0;
   }
+  if (bad & 2u) return kErrZmapCode;
   if (bad) return kErrCode;
+  if (zero_map && zmap_byte != 0) return kErrZmapTail;  // the last map byte's unused bits
+  if (zero_map && !zr.fits(zmap_bytes)) return kErrZmapLength;
   for (uint32_t l = 0; l < kCodeLanes && coded > 0; ++l)
     if (!lane[l].fits(lane_bytes[l])) return kErrLaneFit;
   if (!signs.fits(sign_bytes)) return kErrSignFit;

@@ -33,8 +33,8 @@ uint32_t chunk_elem_count(uint64_t numel, uint32_t chunk) {
   return left < kChunkElems ? uint32_t(left) : kChunkElems;
 }
 
-uint64_t header_size(size_t ndim, size_t mask_symbols, size_t code_symbols, uint32_t num_chunks) {
-  const uint64_t books = 2 + (mask_symbols + 1) / 2 + 2 + (code_symbols + 1) / 2;
+uint64_t header_size(size_t ndim, size_t mask_symbols, size_t code_symbols, size_t zmap_symbols, uint32_t num_chunks) {
+  const uint64_t books = 2 + (mask_symbols + 1) / 2 + 2 + (code_symbols + 1) / 2 + 2 + (zmap_symbols + 1) / 2;
   return pad8(kFixedHeaderBytes + 8 * ndim + books) + 8 * uint64_t(num_chunks) + 8;
 }
 
@@ -75,6 +75,9 @@ void write_header(const Header& h, uint8_t* out) {
   put_u16(p, uint16_t(h.code_lengths.size()));
   put_nibbles(p + 2, h.code_lengths);
   p += 2 + (h.code_lengths.size() + 1) / 2;
+  put_u16(p, uint16_t(h.zmap_lengths.size()));
+  put_nibbles(p + 2, h.zmap_lengths);
+  p += 2 + (h.zmap_lengths.size() + 1) / 2;
   p = out + pad8(uint64_t(p - out));
   for (uint64_t end : h.chunk_end) {
     put_u64(p, end);
@@ -89,8 +92,9 @@ Status parse_header(const uint8_t* s, uint64_t size, Header* h) {
                         (unsigned long long)size, kFixedHeaderBytes);
   if (std::memcmp(s, kMagic, 4) != 0) return format_error("not an actzip stream (bad magic)");
   const uint16_t version = get_u16(s + 4);
-  if (version != kFormatVersion)
-    return format_error("unsupported format version %u (this build reads %u)", version, kFormatVersion);
+  if (version < 1 || version > kFormatVersion)
+    return format_error("unsupported format version %u (this build reads 1 to %u)", version, kFormatVersion);
+  h->version = version;
   h->flags = get_u16(s + 6);
   if (h->flags & ~kFlagPayloadChecksum) return format_error("unknown flag bits 0x%04x", h->flags);
   h->header_bytes = get_u32(s + 8);
@@ -118,7 +122,7 @@ Status parse_header(const uint8_t* s, uint64_t size, Header* h) {
   if (std::memcmp(&expected_step, &h->quant_step, 4) != 0)
     return format_error("quantization step %a does not match the error bound", double(h->quant_step));
   if (get_u32(s + 36) != kChunkElems)
-    return format_error("chunk size %u is not the %u elements of format version 1", get_u32(s + 36), kChunkElems);
+    return format_error("chunk size %u is not the %u elements of the format", get_u32(s + 36), kChunkElems);
 
   uint64_t pos = kFixedHeaderBytes;
   auto need = [&](uint64_t bytes) { return bytes <= h->header_bytes && pos <= h->header_bytes - bytes; };
@@ -133,14 +137,16 @@ Status parse_header(const uint8_t* s, uint64_t size, Header* h) {
       return format_error("shape has %s elements, more than 2^48", "too many");
     h->numel *= extent;
   }
-  for (int book = 0; book < 2; ++book) {
+  const int books = version >= kFirstZeroMapVersion ? 3 : 2;  // mask, code, zero map
+  h->zmap_lengths.clear();
+  for (int book = 0; book < books; ++book) {
     if (!need(2)) return format_error("header too short for the codebooks");
     const uint32_t count = get_u16(s + pos);
     pos += 2;
-    const uint32_t limit = book == 0 ? 256u : code_alphabet(h->direct_log2);
+    const uint32_t limit = book == 1 ? code_alphabet(h->direct_log2) : 256u;
     if (count > limit) return format_error("codebook of %u symbols exceeds %u", count, limit);
     if (!need((count + 1) / 2)) return format_error("header too short for the codebooks");
-    auto& lengths = book == 0 ? h->mask_lengths : h->code_lengths;
+    auto& lengths = book == 0 ? h->mask_lengths : (book == 1 ? h->code_lengths : h->zmap_lengths);
     lengths.resize(count);
     for (uint32_t i = 0; i < count; ++i) {
       const uint8_t byte = s[pos + i / 2];
@@ -196,7 +202,8 @@ void write_chunk_header(const ChunkHeader& ch, uint8_t* out) {
   put_u32(out + 12, ch.code_bytes);
 }
 
-Status parse_chunk_header(const uint8_t* p, uint64_t span, uint32_t elems, size_t elem_size, ChunkHeader* ch) {
+Status parse_chunk_header(const uint8_t* p, uint64_t span, uint32_t elems, size_t elem_size, uint16_t version,
+                          ChunkHeader* ch) {
   if (span < kChunkHeaderBytes) return format_error("chunk shorter than its header");
   ch->kind = p[0];
   ch->flags = p[1];
@@ -209,8 +216,9 @@ Status parse_chunk_header(const uint8_t* p, uint64_t span, uint32_t elems, size_
     if (ch->flags || ch->outliers || ch->mask_bytes || ch->code_bytes)
       return format_error("raw or zero chunk with non-zero fields");
   } else {
-    if (ch->flags & ~(kChunkLorenzo | kChunkHasMask | kChunkLorenzo2D))
-      return format_error("unknown chunk flag bits 0x%02x", ch->flags);
+    const uint8_t known = kChunkLorenzo | kChunkHasMask | kChunkLorenzo2D |
+                          (version >= kFirstZeroMapVersion ? kChunkZeroMap : 0);
+    if (ch->flags & ~known) return format_error("unknown chunk flag bits 0x%02x", ch->flags);
     if ((ch->flags & kChunkLorenzo) && (ch->flags & kChunkLorenzo2D))
       return format_error("chunk asks for two predictors");
     if (ch->outliers > elems) return format_error("chunk claims %u outliers in %u elements", ch->outliers, elems);

@@ -33,7 +33,7 @@ const std::vector<float>& nlog2n_table() {
 
 double rel_abs_bound(double lo, double hi, double requested) { return rel_abs_bound_hd(lo, hi, requested); }
 
-Status build_code_books(const uint64_t* fine, const uint64_t* mask, CodeBooks* books) {
+Status build_code_books(const uint64_t* fine, const uint64_t* mask, const uint64_t* zmap, CodeBooks* books) {
   // direct_log2: the k whose codebook plus estimated code size is smallest.
   int best_k = kMaxDirectLog2;
   double best_bits = std::numeric_limits<double>::infinity();
@@ -64,7 +64,9 @@ Status build_code_books(const uint64_t* fine, const uint64_t* mask, CodeBooks* b
   }
   books->code_lengths = smoothed_lengths(sym_freq);
   books->mask_lengths = smoothed_lengths(std::vector<uint64_t>(mask, mask + 256));
-  if (!books->code.build(books->code_lengths) || !books->mask.build(books->mask_lengths))
+  books->zmap_lengths = smoothed_lengths(std::vector<uint64_t>(zmap, zmap + 256));
+  if (!books->code.build(books->code_lengths) || !books->mask.build(books->mask_lengths) ||
+      !books->zmap.build(books->zmap_lengths))
     return Status{StatusCode::kInternal, "Huffman code construction failed"};
   return Status::Ok();
 }

@@ -39,14 +39,15 @@ const std::vector<float>& nlog2n_table();
 // magnitude, and one with no non-zero finite value relative to 1.
 double rel_abs_bound(double lo, double hi, double requested);
 
-// The codebooks for sampled histograms: `fine` (kFineAlphabet fine bins) and `mask` (256
-// mask bytes). Picks direct_log2 by estimated size, then gives every symbol a code.
+// The codebooks for sampled histograms: `fine` (kFineAlphabet fine bins of the carried
+// values), `mask` (256 mask bytes) and `zmap` (256 zero-map bytes). Picks direct_log2 by
+// estimated size, then gives every symbol a code.
 struct CodeBooks {
   int direct_log2 = 0;
-  std::vector<uint8_t> mask_lengths, code_lengths;
-  HuffmanEncoder mask, code;
+  std::vector<uint8_t> mask_lengths, code_lengths, zmap_lengths;
+  HuffmanEncoder mask, code, zmap;
 };
-Status build_code_books(const uint64_t* fine, const uint64_t* mask, CodeBooks* books);
+Status build_code_books(const uint64_t* fine, const uint64_t* mask, const uint64_t* zmap, CodeBooks* books);
 
 }  // namespace detail
 }  // namespace actzip

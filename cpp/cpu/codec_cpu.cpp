@@ -45,7 +45,7 @@ uint64_t compress_bound(uint64_t numel, DType dtype, int ndim) {
   const size_t es = element_size(dtype);
   uint64_t payload = full * (kChunkHeaderBytes + pad8(uint64_t(kChunkElems) * es));
   if (tail) payload += kChunkHeaderBytes + pad8(tail * es);
-  return header_size(size_t(ndim), 256, code_alphabet(kMaxDirectLog2), chunks) + payload + 4;
+  return header_size(size_t(ndim), 256, code_alphabet(kMaxDirectLog2), 256, chunks) + payload + 4;
 }
 
 int max_threads() { return available_processors(); }
@@ -77,13 +77,14 @@ Status for_each_chunk(uint32_t chunks, int threads, Body body) {
   return failure;
 }
 
-// Worst case of one encoded chunk body: 12 + 24 bits a code, 12 bits a mask byte.
+// Worst case of one encoded chunk body: 12 + 24 bits a code, 12 bits a mask or map byte.
 inline constexpr uint64_t kMaxLaneBytes = pad8(uint64_t(kChunkElems / kCodeLanes) * 36 / 8);
 inline constexpr uint64_t kLaneStride = kMaxLaneBytes + 8;  // slack for FastBitWriter
 inline constexpr uint64_t kMaxMaskSection = pad8(uint64_t(kChunkElems / 8) * 12 / 8);
 
 struct ChunkPlan {
-  uint8_t predictor = 0;         // chunk flag of the predictor chosen from the sample (0: none)
+  // Chunk flags chosen from the sample: the predictor's (0: none), and kChunkZeroMap.
+  uint8_t predictor = 0;
   std::vector<uint8_t> bytes;    // the encoded chunk, header included
   uint32_t zeros = 0, coded = 0, outliers = 0;
   uint8_t kind = kChunkZero;
@@ -128,13 +129,15 @@ struct Scratch {
   std::vector<uint16_t> outlier_pos = std::vector<uint16_t>(kChunkElems + 1);
   std::vector<uint8_t> mask_bytes = std::vector<uint8_t>(kChunkElems / 8);
   std::vector<uint8_t> mask = std::vector<uint8_t>(kMaxMaskSection + 8);
+  std::vector<uint8_t> zmap_bytes = std::vector<uint8_t>(kChunkElems / 8);
+  std::vector<uint8_t> zmap = std::vector<uint8_t>(kMaxMaskSection + 8);
   std::vector<uint8_t> code = std::vector<uint8_t>(kCodeLanes * kLaneStride);
 };
 
 struct Books {
   int k = 0;
   uint32_t row = 0;  // the 2-D predictor's row length (0: not used)
-  HuffmanEncoder mask, code;
+  HuffmanEncoder mask, code, zmap;
   std::vector<uint32_t> code_len;  // code symbols' bit-reversed code | length << 16
   std::vector<uint32_t> small;     // the codes of values below kSmallValues (passes.h)
 
@@ -155,8 +158,9 @@ Status encode_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const Q
   uint32_t* u = sc.u.data();
   uint16_t* outlier_pos = sc.outlier_pos.data();
   uint8_t* mask_bytes = sc.mask_bytes.data();
+  const uint8_t predictor = cp->predictor & (kChunkLorenzo | kChunkLorenzo2D);
   // Both Lorenzo predictors work on q; the other codes the codes themselves (as u).
-  const bool on_q = cp->predictor != 0;
+  const bool on_q = predictor != 0;
   int32_t* q_out = on_q ? q : nullptr;
   uint32_t* u_out = on_q ? nullptr : u;
   uint32_t zeros = 0, outliers = 0;
@@ -174,10 +178,10 @@ Status encode_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const Q
   if (zeros != elems) {
     // u: the values to code, one per coded element, in order; the mask and the outliers'
     // positions where not every element is coded.
-    if (cp->predictor == kChunkLorenzo2D) {
+    if (predictor == kChunkLorenzo2D) {
       lorenzo2d_residuals(q, elems, books.row, uint32_t(begin % books.row), u);
       if (has_mask) compact_coded(codes, elems, u, mask_bytes);
-    } else if (cp->predictor == kChunkLorenzo) {
+    } else if (predictor == kChunkLorenzo) {
       if (has_mask) compact_coded(codes, elems, reinterpret_cast<uint32_t*>(q), mask_bytes);
       lorenzo1d_residuals(q, coded, u);
     } else {
@@ -193,18 +197,33 @@ Status encode_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const Q
   cp->coded = coded;
   ChunkHeader ch;
   uint64_t mask_len = 0, code_len = 0;  // bytes the bit streams filled (the rest is padding)
+  uint64_t zmap_fill = 0, zmap_len = 0;  // the zero map's filled bytes, and its section length
   uint64_t lane_bytes[kCodeLanes] = {0};
+  const bool zero_map = (cp->predictor & kChunkZeroMap) && coded > 0;
   if (zeros == elems) {
     ch.kind = kChunkZero;
   } else {
     ch.kind = kChunkCoded;
     ch.outliers = outliers;
-    ch.flags = uint8_t((has_mask ? kChunkHasMask : 0) | cp->predictor);
+    ch.flags = uint8_t((has_mask ? kChunkHasMask : 0) | predictor | (zero_map ? kChunkZeroMap : 0));
     if (coded > 0) {
-      // Coded element t goes to lane t % kCodeLanes, so a decoder follows the lanes at once.
-      huffman_encode_lanes(u, coded, books.small.data(), books.code_len.data(), books.k, sc.code.data(), kLaneStride,
-                           lane_bytes);
-      code_len = kLaneTableBytes + sign_len;
+      uint32_t carried = coded;
+      if (zero_map) {
+        // The zero map, and only the values that are not 0 left in u for the lanes.
+        carried = compact_nonzero(u, coded, sc.zmap_bytes.data());
+        FastBitWriter zmap_w(sc.zmap.data());
+        const uint32_t nbytes = (coded + 7) / 8;
+        for (uint32_t j = 0; j < nbytes; ++j) {
+          const uint8_t b = sc.zmap_bytes[j];
+          zmap_w.put(books.zmap.code[b], books.zmap.len[b]);
+        }
+        zmap_fill = zmap_w.flush();
+        zmap_len = pad8(zmap_fill);
+      }
+      // Carried value t goes to lane t % kCodeLanes, so a decoder follows the lanes at once.
+      huffman_encode_lanes(u, carried, books.small.data(), books.code_len.data(), books.k, sc.code.data(),
+                           kLaneStride, lane_bytes);
+      code_len = kLaneTableBytes + zmap_len + sign_len;
       for (uint32_t l = 0; l < kCodeLanes; ++l) {
         lane_bytes[l] = pad8(lane_bytes[l]);
         code_len += lane_bytes[l];
@@ -233,13 +252,15 @@ Status encode_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const Q
     std::memcpy(body, sc.mask.data(), size_t(mask_len));
     if (code_len > 0) {
       uint8_t* lanes = body + ch.mask_bytes;
-      uint64_t at = kLaneTableBytes;
+      std::memcpy(lanes + kLaneTableBytes, sc.zmap.data(), size_t(zmap_fill));
+      uint64_t at = kLaneTableBytes + zmap_len;
       for (uint32_t l = 0; l < kCodeLanes; ++l) {
         put_u32(lanes + 4 * l, uint32_t(lane_bytes[l]));
         std::memcpy(lanes + at, sc.code.data() + l * kLaneStride, size_t(lane_bytes[l]));
         at += lane_bytes[l];
       }
       put_u32(lanes + 4 * kCodeLanes, uint32_t(sign_len));
+      put_u32(lanes + 4 * kCodeLanes + 4, uint32_t(zmap_len));
       std::memcpy(lanes + at, sc.sign.data(), size_t(sign_len));
     }
     uint8_t* pos = body + ch.mask_bytes + ch.code_bytes;
@@ -354,12 +375,13 @@ Status plan_compress(const void* data, DType dtype, const std::vector<uint64_t>&
   // Sampling pass: kSampleElems elements of every chunk choose its predictor and
   // feed the tensor's histograms.
   impl->chunks.resize(nchunks);
-  std::vector<uint64_t> fine(kFineAlphabet, 0), mask(256, 0);
+  std::vector<uint64_t> fine(kFineAlphabet, 0), mask(256, 0), zmap(256, 0);
   {
-    std::vector<std::vector<uint64_t>> part_fine, part_mask;
+    std::vector<std::vector<uint64_t>> part_fine, part_mask, part_zmap;
     const int threads = opt.num_threads;
     part_fine.assign(size_t(threads), std::vector<uint64_t>(kFineAlphabet, 0));
     part_mask.assign(size_t(threads), std::vector<uint64_t>(256, 0));
+    part_zmap.assign(size_t(threads), std::vector<uint64_t>(256, 0));
     const uint32_t row = grid_row(shape);
     const float* nlog2n = nlog2n_table().data();
     Status s = for_each_chunk(nchunks, threads, [&](uint32_t c, int slot) {
@@ -386,28 +408,40 @@ Status plan_compress(const void* data, DType dtype, const std::vector<uint64_t>&
         sample_run_counts(window, sp.context, sp.n, sp.first, col0, row, &tally, mask_part);
       }
       const uint32_t* chosen = nullptr;
-      impl->chunks[c].predictor = choose_sampled_predictor(tally, row != 0, nlog2n, &chosen);
+      const uint8_t predictor = choose_sampled_predictor(tally, row != 0, nlog2n, &chosen);
+      const bool zero_map = choose_zero_map(chosen, tally.coded, nchunks);
+      impl->chunks[c].predictor = uint8_t(predictor | (zero_map ? kChunkZeroMap : 0));
+      // The tensor's histograms: the values the lanes carry (a mapped chunk's zeros are in
+      // its map), and the map bytes.
       uint64_t* fine_part = part_fine[size_t(slot)].data();
-      for (uint32_t b = 0; b < kFineAlphabet; ++b) fine_part[b] += chosen[b];
+      for (uint32_t b = zero_map ? 1 : 0; b < kFineAlphabet; ++b) fine_part[b] += chosen[b];
+      if (zero_map) {
+        uint64_t* zmap_part = part_zmap[size_t(slot)].data();
+        const uint32_t* sampled = tally.zmap[predictor_slot(predictor)];
+        for (uint32_t b = 0; b < 256; ++b) zmap_part[b] += sampled[b];
+      }
       return Status::Ok();
     });
     if (!s.ok()) return s;
     for (int t = 0; t < threads; ++t) {
       for (uint32_t b = 0; b < kFineAlphabet; ++b) fine[b] += part_fine[t][b];
       for (uint32_t b = 0; b < 256; ++b) mask[b] += part_mask[t][b];
+      for (uint32_t b = 0; b < 256; ++b) zmap[b] += part_zmap[t][b];
     }
   }
   CodeBooks code_books;
-  Status books_status = build_code_books(fine.data(), mask.data(), &code_books);
+  Status books_status = build_code_books(fine.data(), mask.data(), zmap.data(), &code_books);
   if (!books_status.ok()) return books_status;
   h.direct_log2 = code_books.direct_log2;
   h.code_lengths = code_books.code_lengths;
   h.mask_lengths = code_books.mask_lengths;
+  h.zmap_lengths = code_books.zmap_lengths;
   Books books;
   books.k = code_books.direct_log2;
   books.row = grid_row(shape);
   books.code = std::move(code_books.code);
   books.mask = std::move(code_books.mask);
+  books.zmap = std::move(code_books.zmap);
   books.pack();
 
   // Main pass: classify and encode every chunk into its own buffer.
@@ -422,7 +456,7 @@ Status plan_compress(const void* data, DType dtype, const std::vector<uint64_t>&
   if (!s.ok()) return s;
 
   // Drop codebooks no chunk uses, so the header carries only what decoding needs.
-  bool any_mask = false, any_code = false;
+  bool any_mask = false, any_code = false, any_zmap = false;
   h.chunk_end.resize(nchunks);
   uint64_t end = 0;
   for (uint32_t c = 0; c < nchunks; ++c) {
@@ -435,15 +469,19 @@ Status plan_compress(const void* data, DType dtype, const std::vector<uint64_t>&
     if (cp.kind == kChunkCoded) {
       any_code |= cp.coded > 0;
       any_mask |= (cp.bytes[1] & kChunkHasMask) != 0;
+      any_zmap |= (cp.bytes[1] & kChunkZeroMap) != 0;
       if (cp.bytes[1] & kChunkLorenzo) ++impl->stats.lorenzo_chunks;
       if (cp.bytes[1] & kChunkLorenzo2D) ++impl->stats.lorenzo2d_chunks;
+      if (cp.bytes[1] & kChunkZeroMap) ++impl->stats.zero_map_chunks;
     }
     end += cp.bytes.size();
     h.chunk_end[c] = end;
   }
   if (!any_mask) h.mask_lengths.clear();
   if (!any_code) h.code_lengths.clear();
-  h.header_bytes = header_size(shape.size(), h.mask_lengths.size(), h.code_lengths.size(), nchunks);
+  if (!any_zmap) h.zmap_lengths.clear();
+  h.header_bytes =
+      header_size(shape.size(), h.mask_lengths.size(), h.code_lengths.size(), h.zmap_lengths.size(), nchunks);
   impl->header_buf.resize(h.header_bytes);
   write_header(h, impl->header_buf.data());
   impl->total_bytes = h.header_bytes + end + (opt.payload_checksum ? 4 : 0);
@@ -523,9 +561,50 @@ void build_mask_triples(const HuffmanDecoder& mask, std::vector<uint32_t>* tripl
   }
 }
 
+// Huffman-decodes `count` bytes (mask or zero-map bytes) from r into out, with the byte
+// codebook's table and its build_mask_triples() table. Returns false for an invalid code.
+bool decode_byte_stream(BitReader& r, const HuffmanDecoder& book, const uint32_t* triples, uint32_t count,
+                        uint8_t* out) {
+  const uint16_t* table = book.table.data();
+  uint32_t bad = 0;
+  auto step = [&](uint32_t j) {
+    const uint32_t e = table[r.peek() & (kDecodeTableSize - 1)];
+    const uint32_t l = e >> 12;
+    bad |= uint32_t(l == 0);
+    r.consume(l);
+    out[j] = uint8_t(e);
+  };
+  // Up to three bytes a lookup while four stay to go: each lookup stores four bytes (the
+  // ones past those it decoded are rewritten by the next), so four lookups from j store
+  // up to byte j + 12.
+  auto triple_step = [&](uint32_t& j) {
+    const uint32_t e = triples[r.peek() & (kDecodeTableSize - 1)];
+    std::memcpy(out + j, &e, 4);
+    r.consume((e >> 24) & 15u);
+    j += e >> 28;
+    return e >> 28 != 0;
+  };
+  uint32_t j = 0;
+  bool valid = true;
+  while (valid && j + 13 <= count) {
+    r.refill();  // at least 56 bits: four lookups of at most 12
+    valid = triple_step(j) && triple_step(j) && triple_step(j) && triple_step(j);
+  }
+  while (valid && j + 4 <= count) {
+    r.refill();
+    valid = triple_step(j);
+  }
+  bad |= uint32_t(!valid);
+  for (; j < count && valid; ++j) {
+    r.refill();
+    step(j);
+  }
+  return bad == 0;
+}
+
 struct Decoders {
-  HuffmanDecoder mask, code;
-  std::vector<uint32_t> mask_triples;  // build_mask_triples()
+  HuffmanDecoder mask, code, zmap;
+  std::vector<uint32_t> mask_triples, zmap_triples;  // build_mask_triples()
   std::vector<uint32_t> code_wide;   // one value a lookup (build_value_table, passes.h)
   std::vector<uint32_t> code_pairs;  // two values a lookup where they fit (passes.h)
   uint32_t pair_share = 0;           // entries of code_pairs with two values
@@ -570,6 +649,7 @@ inline uint32_t popcount_bytes(const uint8_t* p, uint32_t n) {
 struct DecodeScratch {
   // The coded elements' values (8 elements of slack: expand_coded reads 8 at a time).
   std::vector<uint32_t> u = std::vector<uint32_t>(kChunkElems + 8);
+  std::vector<uint32_t> carried = std::vector<uint32_t>(kChunkElems + 8);  // the lanes' values, with a zero map
   std::vector<uint32_t> w = std::vector<uint32_t>(kChunkElems);     // per element (passes.h)
   std::vector<int32_t> grid = std::vector<int32_t>(kGridPad + kChunkElems);  // q, after kGridPad elements
 };
@@ -612,7 +692,7 @@ Status decode_chunk(const uint8_t* payload, const Header& h, const Decoders& dec
   const size_t es = element_size(h.dtype);
   const uint8_t* chunk = payload + start;
   ChunkHeader ch;
-  Status s = parse_chunk_header(chunk, span, elems, es, &ch);
+  Status s = parse_chunk_header(chunk, span, elems, es, h.version, &ch);
   if (!s.ok()) return format_error("chunk %u: %s", c, s.message.c_str());
   uint8_t* dst = out + begin * es;
   const uint8_t* body = chunk + kChunkHeaderBytes;
@@ -627,48 +707,15 @@ Status decode_chunk(const uint8_t* payload, const Header& h, const Decoders& dec
   const bool has_mask = ch.flags & kChunkHasMask;
   const bool lorenzo = ch.flags & kChunkLorenzo;
   const bool lorenzo2d = ch.flags & kChunkLorenzo2D;
+  const bool zero_map = ch.flags & kChunkZeroMap;
   const uint32_t mask_len = (elems + 7) / 8;
-  uint8_t mask[kChunkElems / 8];
+  uint8_t mask[kChunkElems / 8 + 4];  // + 4: decode_byte_stream stores four bytes at a time
   uint32_t coded = elems;
   if (has_mask) {
     if (h.mask_lengths.empty()) return format_error("chunk %u has a mask but the stream has no mask codebook", c);
     BitReader r(body, body + ch.mask_bytes);
-    const uint16_t* table = dec.mask.table.data();
-    const uint32_t* triples = dec.mask_triples.data();
-    uint32_t bad = 0;
-    auto step = [&](uint32_t j) {
-      const uint32_t e = table[r.peek() & (kDecodeTableSize - 1)];
-      const uint32_t l = e >> 12;
-      bad |= uint32_t(l == 0);
-      r.consume(l);
-      mask[j] = uint8_t(e);
-    };
-    // Up to three bytes a lookup while four stay to go: each lookup stores four bytes (the
-    // ones past those it decoded are rewritten by the next), so four lookups from j store
-    // up to byte j + 12.
-    auto triple_step = [&](uint32_t& j) {
-      const uint32_t e = triples[r.peek() & (kDecodeTableSize - 1)];
-      std::memcpy(mask + j, &e, 4);
-      r.consume((e >> 24) & 15u);
-      j += e >> 28;
-      return e >> 28 != 0;
-    };
-    uint32_t j = 0;
-    bool valid = true;
-    while (valid && j + 13 <= mask_len) {
-      r.refill();  // at least 56 bits: four lookups of at most 12
-      valid = triple_step(j) && triple_step(j) && triple_step(j) && triple_step(j);
-    }
-    while (valid && j + 4 <= mask_len) {
-      r.refill();
-      valid = triple_step(j);
-    }
-    bad |= uint32_t(!valid);
-    for (; j < mask_len && valid; ++j) {
-      r.refill();
-      step(j);
-    }
-    if (bad) return format_error("chunk %u: invalid mask code", c);
+    if (!decode_byte_stream(r, dec.mask, dec.mask_triples.data(), mask_len, mask))
+      return format_error("chunk %u: invalid mask code", c);
     if (!r.fits(ch.mask_bytes))
       return format_error("chunk %u: mask section length mismatch", c);
     coded = popcount_bytes(mask, mask_len);
@@ -676,6 +723,7 @@ Status decode_chunk(const uint8_t* payload, const Header& h, const Decoders& dec
       return format_error("chunk %u: mask bits set past the last element", c);
     if (ch.outliers > elems - coded) return format_error("chunk %u: more outliers than uncoded elements", c);
   }
+  if (zero_map && coded == 0) return format_error("chunk %u: a zero map without coded elements", c);
   if (coded > 0 && h.code_lengths.empty()) return format_error("chunk %u has codes but the stream has no codebook", c);
   thread_local DecodeScratch sc;
   uint32_t* u = sc.u.data();
@@ -688,8 +736,27 @@ Status decode_chunk(const uint8_t* payload, const Header& h, const Decoders& dec
       return format_error("chunk %u: code section does not fit %u coded elements", c, coded);
     if (coded > 0) {
       const uint8_t* lanes = body + ch.mask_bytes;
+      // The zero map, where there is one: which coded elements' values the lanes carry.
+      const uint32_t zmap_bytes = get_u32(lanes + 4 * kCodeLanes + 4);
+      if (!zero_map && zmap_bytes != 0)
+        return format_error("chunk %u: a zero-map length (or reserved field) without a zero map", c);
+      if (zmap_bytes % 8 != 0 || zmap_bytes > ch.code_bytes - kLaneTableBytes)
+        return format_error("chunk %u: the zero map has an invalid length", c);
+      uint32_t carried = coded;
+      uint8_t zmap[kChunkElems / 8 + 4];
+      if (zero_map) {
+        if (h.zmap_lengths.empty()) return format_error("chunk %u has a zero map but the stream has no map codebook", c);
+        const uint32_t zmap_len = (coded + 7) / 8;
+        BitReader zr(lanes + kLaneTableBytes, lanes + kLaneTableBytes + zmap_bytes);
+        if (!decode_byte_stream(zr, dec.zmap, dec.zmap_triples.data(), zmap_len, zmap))
+          return format_error("chunk %u: invalid zero-map code", c);
+        if (!zr.fits(zmap_bytes)) return format_error("chunk %u: zero map length mismatch", c);
+        if ((coded & 7) && (zmap[zmap_len - 1] >> (coded & 7)) != 0)
+          return format_error("chunk %u: zero-map bits set past the last coded element", c);
+        carried = popcount_bytes(zmap, zmap_len);
+      }
       uint64_t lane_bytes[kCodeLanes];
-      uint64_t at = kLaneTableBytes;
+      uint64_t at = kLaneTableBytes + zmap_bytes;
       for (uint32_t l = 0; l < kCodeLanes; ++l) {
         lane_bytes[l] = get_u32(lanes + 4 * l);
         if (lane_bytes[l] % 8 != 0 || lane_bytes[l] > ch.code_bytes - at)
@@ -697,24 +764,26 @@ Status decode_chunk(const uint8_t* payload, const Header& h, const Decoders& dec
         at += lane_bytes[l];
       }
       sign_bytes = get_u32(lanes + 4 * kCodeLanes);
-      if (get_u32(lanes + 4 * kCodeLanes + 4) != 0) return format_error("chunk %u: non-zero reserved field", c);
       if (sign_bytes % 8 != 0 || sign_bytes != ch.code_bytes - at)
         return format_error("chunk %u: the sign stream does not fill the code section", c);
       if (sign_bytes != 0 && !(lorenzo || lorenzo2d))
         return format_error("chunk %u: a sign stream without a predictor that needs one", c);
       sign_stream = lanes + at;
+      const uint8_t* lane0 = lanes + kLaneTableBytes + zmap_bytes;
       BitReader r[kCodeLanes] = {
-          BitReader(lanes + kLaneTableBytes, lanes + kLaneTableBytes + lane_bytes[0]),
-          BitReader(lanes + kLaneTableBytes + lane_bytes[0], lanes + kLaneTableBytes + lane_bytes[0] + lane_bytes[1]),
-          BitReader(lanes + kLaneTableBytes + lane_bytes[0] + lane_bytes[1],
-                    lanes + kLaneTableBytes + lane_bytes[0] + lane_bytes[1] + lane_bytes[2]),
-          BitReader(lanes + kLaneTableBytes + lane_bytes[0] + lane_bytes[1] + lane_bytes[2], lanes + ch.code_bytes)};
+          BitReader(lane0, lane0 + lane_bytes[0]),
+          BitReader(lane0 + lane_bytes[0], lane0 + lane_bytes[0] + lane_bytes[1]),
+          BitReader(lane0 + lane_bytes[0] + lane_bytes[1], lane0 + lane_bytes[0] + lane_bytes[1] + lane_bytes[2]),
+          BitReader(lane0 + lane_bytes[0] + lane_bytes[1] + lane_bytes[2],
+                    lane0 + lane_bytes[0] + lane_bytes[1] + lane_bytes[2] + lane_bytes[3])};
+      uint32_t* values = zero_map ? sc.carried.data() : u;
       const bool valid = huffman_decode_lanes(table, dec.use_pairs() ? dec.code_pairs.data() : nullptr, dec.max_bits, r,
-                                              coded, u);
+                                              carried, values);
       if (!valid) return format_error("chunk %u: invalid code", c);
       for (uint32_t l = 0; l < kCodeLanes; ++l)
         if (!r[l].fits(lane_bytes[l]))
           return format_error("chunk %u: code lane %u length mismatch", c, l);
+      if (zero_map) expand_nonzero(values, zmap, coded, u);
     }
   }
   // Prediction inverted: w (passes.h) of the coded elements, compacted (in u) or on the
@@ -797,7 +866,7 @@ Status validate(const void* stream, uint64_t stream_bytes, StreamInfo* info) {
     const uint64_t start = c == 0 ? 0 : h.chunk_end[c - 1];
     ChunkHeader ch;
     s = parse_chunk_header(bytes + h.header_bytes + start, h.chunk_end[c] - start, chunk_elem_count(h.numel, c), es,
-                           &ch);
+                           h.version, &ch);
     if (!s.ok()) return format_error("chunk %u: %s", c, s.message.c_str());
     if (ch.kind == kChunkCoded && (ch.flags & kChunkLorenzo2D) && grid_row(h.shape) == 0)
       return format_error("chunk %u: 2-D prediction, but the last extent is not between 2 and %u", c, kMax2DRow);
@@ -820,9 +889,10 @@ Status decompress(const void* stream, uint64_t stream_bytes, void* out, uint64_t
   s = check_payload_crc(bytes, h);
   if (!s.ok()) return s;
   Decoders dec;
-  if (!dec.mask.build(h.mask_lengths) || !dec.code.build(h.code_lengths))
+  if (!dec.mask.build(h.mask_lengths) || !dec.code.build(h.code_lengths) || !dec.zmap.build(h.zmap_lengths))
     return format_error("invalid codebook");
   if (!dec.mask.table.empty()) build_mask_triples(dec.mask, &dec.mask_triples);
+  if (!dec.zmap.table.empty()) build_mask_triples(dec.zmap, &dec.zmap_triples);
   dec.widen(h.direct_log2);
   const uint8_t* payload = bytes + h.header_bytes;
   uint8_t* dst = static_cast<uint8_t*>(out);

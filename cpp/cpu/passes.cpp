@@ -263,6 +263,21 @@ ACTZIP_MULTIVERSION void sample_run_counts(const int32_t* __restrict codes, uint
     for (uint32_t b = 0; b < m; ++b) byte |= is_coded[j0 + b] << b;
     ++mask_hist[byte];
   }
+  // Zero-map bytes: each predictor's coded values in order, a bit each (1: not 0), eight to
+  // a byte; the run's last byte is counted as far as it is filled.
+  const uint32_t* bins[3] = {bin_none, bin_lor, bin_2d};
+  for (uint32_t p = 0; p < (row ? 3u : 2u); ++p) {
+    uint32_t byte = 0, filled = 0;
+    for (uint32_t j = 0; j < n; ++j) {
+      if (!is_coded[j]) continue;
+      byte |= uint32_t(bins[p][j] != 0) << filled;
+      if (++filled == 8) {
+        ++tally->zmap[p][byte];
+        byte = filled = 0;
+      }
+    }
+    if (filled) ++tally->zmap[p][byte];
+  }
   tally->sign_bits += sign_bits;
   tally->coded += coded;
 }
@@ -349,6 +364,47 @@ ACTZIP_MULTIVERSION void lorenzo2d_residuals(const int32_t* __restrict q, uint32
   // The first element of a row has no left neighbour, hence no upper-left one either: its
   // prediction is the upper neighbour (already in range).
   for (uint32_t i = col0 == 0 ? 0 : row - col0; i < n; i += row) u[i] = zigzag_bits(q[i] - q[int64_t(i) - row]);
+}
+
+namespace {
+#if ACTZIP_AVX2_PASSES
+// Whole groups of eight values; returns the values kept and sets *done.
+ACTZIP_TARGET_AVX2 uint32_t compact_nonzero_avx2(uint32_t* values, uint32_t n, uint8_t* map_bytes, uint32_t* done) {
+  uint32_t t = 0, i0 = 0;
+  for (; i0 + 8 <= n; i0 += 8) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(values + i0));
+    const uint32_t m = ~movemask32(_mm256_cmpeq_epi32(v, _mm256_setzero_si256())) & 0xFFu;
+    const __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(kPermute.compress[m]));
+    // As in compact_coded_avx2: the lanes past the kept ones land on positions not yet read
+    // only within this group, which is already loaded.
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(values + t), _mm256_permutevar8x32_epi32(v, perm));
+    t += uint32_t(_mm_popcnt_u32(m));
+    map_bytes[i0 / 8] = uint8_t(m);
+  }
+  *done = i0;
+  return t;
+}
+#endif
+}  // namespace
+
+uint32_t compact_nonzero(uint32_t* values, uint32_t n, uint8_t* __restrict map_bytes) {
+  uint32_t t = 0, i0 = 0;
+#if ACTZIP_AVX2_PASSES
+  if (avx2_passes) t = compact_nonzero_avx2(values, n, map_bytes, &i0);
+#endif
+  for (; i0 < n; i0 += 8) {
+    const uint32_t m = std::min<uint32_t>(8, n - i0);
+    uint32_t byte = 0;
+    for (uint32_t b = 0; b < m; ++b) {
+      const uint32_t v = values[i0 + b];
+      const uint32_t kept = uint32_t(v != 0);
+      values[t] = v;  // t <= i0 + b: in place is safe
+      t += kept;
+      byte |= kept << b;
+    }
+    map_bytes[i0 / 8] = uint8_t(byte);
+  }
+  return t;
 }
 
 namespace {
@@ -639,44 +695,54 @@ void huffman_encode_lanes(const uint32_t* u, uint32_t n, const uint32_t* small, 
 
 namespace {
 #if ACTZIP_AVX2_PASSES
-// Whole groups of eight elements; returns the values used and sets *done.
-ACTZIP_TARGET_AVX2 uint32_t expand_coded_avx2(const uint32_t* values, const uint8_t* mask, uint32_t n, uint32_t* grid,
-                                              uint32_t* done) {
+// Whole groups of eight elements; returns the values used and sets *done. `fill` goes where
+// the bit is clear.
+ACTZIP_TARGET_AVX2 uint32_t expand_avx2(const uint32_t* values, const uint8_t* mask, uint32_t n, uint32_t* grid,
+                                        uint32_t fill, uint32_t* done) {
   uint32_t t = 0, i0 = 0;
+  const __m256i fills = _mm256_set1_epi32(int32_t(fill));
   for (; i0 + 8 <= n; i0 += 8) {
     const uint32_t byte = mask[i0 / 8];
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(values + t));
     const __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(kPermute.expand[byte]));
-    const __m256i uncoded = _mm256_xor_si256(lanes_of_byte(byte), _mm256_set1_epi32(-1));  // kUncodedValue lanes
+    const __m256i set = lanes_of_byte(byte);  // all ones in the lanes whose bit is set
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(grid + i0),
-                        _mm256_or_si256(_mm256_permutevar8x32_epi32(v, perm), uncoded));
+                        _mm256_blendv_epi8(fills, _mm256_permutevar8x32_epi32(v, perm), set));
     t += uint32_t(_mm_popcnt_u32(byte));
   }
   *done = i0;
   return t;
 }
 #endif
-}  // namespace
 
-void expand_coded(const uint32_t* __restrict values, const uint8_t* __restrict mask, uint32_t n,
-                  uint32_t* __restrict grid) {
+void expand_body(const uint32_t* __restrict values, const uint8_t* __restrict mask, uint32_t n,
+                 uint32_t* __restrict grid, uint32_t fill) {
   uint32_t t = 0, start = 0;
 #if ACTZIP_AVX2_PASSES
-  if (avx2_passes) t = expand_coded_avx2(values, mask, n, grid, &start);
+  if (avx2_passes) t = expand_avx2(values, mask, n, grid, fill, &start);
 #endif
   for (uint32_t i0 = start; i0 < n; i0 += 8) {
     const uint32_t byte = mask[i0 / 8];
     const uint32_t m = std::min<uint32_t>(8, n - i0);
     if (byte == 0) {
-      for (uint32_t b = 0; b < m; ++b) grid[i0 + b] = kUncodedValue;
+      for (uint32_t b = 0; b < m; ++b) grid[i0 + b] = fill;
       continue;
     }
     for (uint32_t b = 0; b < m; ++b) {
       const uint32_t bit = (byte >> b) & 1u;
-      grid[i0 + b] = bit ? values[t] : kUncodedValue;  // values[t] exists: t <= i0 + b < n
+      grid[i0 + b] = bit ? values[t] : fill;  // values[t] exists: t <= i0 + b < n
       t += bit;
     }
   }
+}
+}  // namespace
+
+void expand_coded(const uint32_t* values, const uint8_t* mask, uint32_t n, uint32_t* grid) {
+  expand_body(values, mask, n, grid, kUncodedValue);
+}
+
+void expand_nonzero(const uint32_t* values, const uint8_t* map, uint32_t n, uint32_t* out) {
+  expand_body(values, map, n, out, 0u);
 }
 
 ACTZIP_MULTIVERSION bool any_invalid_u(const uint32_t* u, uint32_t n) {

@@ -51,6 +51,7 @@ inline constexpr uint32_t kSampleTrashBin = kFineAlphabet;
 struct SampleTally {
   uint32_t none[kFineAlphabet + 1], lor[kFineAlphabet + 1], lor2d[kFineAlphabet + 1];
   uint32_t sign_bits, coded;
+  uint32_t zmap[3][256];  // zero-map bytes under each predictor (chunk.h's PredictorHist::zmap)
   void clear();
 };
 
@@ -95,6 +96,10 @@ void lorenzo2d_residuals(const int32_t* q, uint32_t n, uint32_t row, uint32_t co
 // place; writes the chunk's mask bytes (bit i % 8 of byte i / 8: element i coded) and
 // returns the number kept.
 uint32_t compact_coded(const int32_t* codes, uint32_t n, uint32_t* values, uint8_t* mask_bytes);
+
+// Keeps the values that are not 0, in order, in place; writes the zero map (bit i % 8 of
+// byte i / 8: values[i] != 0) and returns the number kept.
+uint32_t compact_nonzero(uint32_t* values, uint32_t n, uint8_t* map_bytes);
 
 // Positions of the outliers, in order; returns their number.
 uint32_t outlier_positions(const int32_t* codes, uint32_t n, uint16_t* pos);
@@ -154,6 +159,10 @@ uint32_t max_value_bits(const uint32_t* table);
 // Spreads the coded elements' values over the chunk grid: grid[i] = values[t] for the
 // t-th coded element (mask bit set), kUncodedValue elsewhere. mask holds (n + 7) / 8 bytes.
 void expand_coded(const uint32_t* values, const uint8_t* mask, uint32_t n, uint32_t* grid);
+
+// The same with 0 where the bit is clear: a zero map's carried values spread over the coded
+// elements. `values` needs 8 readable elements past the last one used; out must not alias it.
+void expand_nonzero(const uint32_t* values, const uint8_t* map, uint32_t n, uint32_t* out);
 
 // True when some u[i] (not kUncodedValue) exceeds the largest valid unpredicted value.
 bool any_invalid_u(const uint32_t* u, uint32_t n);

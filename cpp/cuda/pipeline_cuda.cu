@@ -120,7 +120,8 @@ struct SharedCount {
       case kCountLorenzo2D: atomicAdd(&ph->lor2d[index], 1u); break;
       case kCountMask: atomicAdd(&mask[index], 1u); break;
       case kCountSign: atomicAdd(&ph->sign_bits, 1u); break;
-      default: atomicAdd(&ph->coded, 1u); break;
+      case kCountCoded: atomicAdd(&ph->coded, 1u); break;
+      default: atomicAdd(&ph->zmap[what - kCountZmap][index], 1u); break;
     }
   }
 };
@@ -130,6 +131,7 @@ __global__ void sample_kernel(StageArgs a, uint8_t* predictors, unsigned long lo
   __shared__ PredictorHist ph;
   __shared__ uint32_t mask[256];
   __shared__ const uint32_t* chosen;
+  __shared__ const uint32_t* chosen_zmap;  // the chosen predictor's zero-map bytes, null without a map
   const uint32_t c = blockIdx.x;
   uint32_t* words = reinterpret_cast<uint32_t*>(&ph);
   for (uint32_t w = threadIdx.x; w < sizeof(PredictorHist) / 4; w += blockDim.x) words[w] = 0;
@@ -144,14 +146,20 @@ __global__ void sample_kernel(StageArgs a, uint8_t* predictors, unsigned long lo
   __syncthreads();
   if (threadIdx.x == 0) {
     const uint32_t* best = nullptr;
-    predictors[c] = choose_predictor(ph, a.row != 0, g_nlog2n, &best);
+    const uint8_t predictor = choose_predictor(ph, a.row != 0, g_nlog2n, &best);
+    const bool zero_map = choose_zero_map(best, ph.coded, a.num_chunks);
+    predictors[c] = uint8_t(predictor | (zero_map ? kChunkZeroMap : 0));
     chosen = best;
+    chosen_zmap = zero_map ? ph.zmap[predictor_slot(predictor)] : nullptr;
   }
   __syncthreads();
-  for (uint32_t b = threadIdx.x; b < kFineAlphabet; b += blockDim.x)
+  // As the CPU backend: a mapped chunk's zeros are in its map, not in the lanes.
+  for (uint32_t b = threadIdx.x + (chosen_zmap ? 1u : 0u); b < kFineAlphabet; b += blockDim.x)
     if (chosen[b]) atomicAdd(&hist[b], (unsigned long long)chosen[b]);
-  for (uint32_t b = threadIdx.x; b < 256; b += blockDim.x)
+  for (uint32_t b = threadIdx.x; b < 256; b += blockDim.x) {
     if (mask[b]) atomicAdd(&hist[kFineAlphabet + b], (unsigned long long)mask[b]);
+    if (chosen_zmap && chosen_zmap[b]) atomicAdd(&hist[kFineAlphabet + 256 + b], (unsigned long long)chosen_zmap[b]);
+  }
 }
 
 template <int kDT>
@@ -159,7 +167,7 @@ __global__ void measure_kernel(StageArgs a, const uint8_t* predictors, const uin
                                ChunkLayout* layouts) {
   const uint32_t c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= a.num_chunks) return;
-  const EncodeBooks books{packed, packed + code_alphabet(k), k};
+  const EncodeBooks books{packed, packed + code_alphabet(k), packed + code_alphabet(k) + 256, k};
   const Quantizer qz = stage_quantizer(a);
   ChunkLayout L;
   measure_chunk<kDT>(a.data, a.numel, c, qz, predictors[c], a.row, books, &L);
@@ -171,7 +179,7 @@ __global__ void write_kernel(StageArgs a, const uint32_t* packed, int k, const C
                              uint8_t* stream, uint64_t header_bytes) {
   const uint32_t c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= a.num_chunks) return;
-  const EncodeBooks books{packed, packed + code_alphabet(k), k};
+  const EncodeBooks books{packed, packed + code_alphabet(k), packed + code_alphabet(k) + 256, k};
   const Quantizer qz = stage_quantizer(a);
   const uint8_t* table = stream + header_bytes - 8 - 8 * uint64_t(a.num_chunks);
   const uint64_t start = c == 0 ? 0 : get_u64(table + 8 * uint64_t(c - 1));
@@ -179,14 +187,16 @@ __global__ void write_kernel(StageArgs a, const uint32_t* packed, int k, const C
 }
 
 __global__ void decode_tables_kernel(const uint8_t* stream, uint64_t mask_offset, uint32_t mask_symbols,
-                                     uint64_t code_offset, uint32_t code_symbols, int k, uint32_t* tables) {
-  // Thread 0 builds the mask table, thread 1 the code table. A codebook that is no code
-  // (the host checked its copy of the header; this is the device's) leaves every entry
-  // invalid, so any chunk that uses it fails to decode.
+                                     uint64_t code_offset, uint32_t code_symbols, uint64_t zmap_offset,
+                                     uint32_t zmap_symbols, int k, uint32_t* tables) {
+  // Thread 0 builds the mask table, thread 1 the code table, thread 2 the zero-map table. A
+  // codebook that is no code (the host checked its copy of the header; this is the
+  // device's) leaves every entry invalid, so any chunk that uses it fails to decode.
   const bool code = threadIdx.x == 1;
-  uint32_t* t = tables + (code ? kDecodeTableSize : 0);
+  uint32_t* t = tables + threadIdx.x * kDecodeTableSize;
   const bool ok = code ? build_decode_table_one(stream + code_offset, code_symbols, t, k, true)
-                       : build_decode_table_one(stream + mask_offset, mask_symbols, t, 0, false);
+                       : (threadIdx.x == 0 ? build_decode_table_one(stream + mask_offset, mask_symbols, t, 0, false)
+                                           : build_decode_table_one(stream + zmap_offset, zmap_symbols, t, 0, false));
   if (!ok)
     for (uint32_t j = 0; j < kDecodeTableSize; ++j) t[j] = code ? (1u << 28) : 0u;
 }
@@ -197,7 +207,8 @@ __global__ void decode_kernel(DecodeArgs d, const uint32_t* tables, void* out, u
   if (c >= d.params.num_chunks) return;
   const uint8_t* payload = d.stream + d.header_bytes;
   const uint8_t* table = d.stream + d.header_bytes - 8 - 8 * uint64_t(d.params.num_chunks);
-  const uint32_t e = decode_chunk_stream<kDT>(payload, table, c, d.params, tables, tables + kDecodeTableSize, out);
+  const uint32_t e = decode_chunk_stream<kDT>(payload, table, c, d.params, tables, tables + kDecodeTableSize,
+                                              tables + 2 * kDecodeTableSize, out);
   if (e != kDecodeOk) atomicMin(status, (unsigned long long)((uint64_t(c) << 8) | e));
 }
 
@@ -303,13 +314,15 @@ Status write(const Exec& exec, const StageArgs& a, const uint32_t* packed_books,
 }
 
 Status decode_tables(const Exec& exec, const uint8_t* stream, uint64_t mask_offset, uint32_t mask_symbols,
-                     uint64_t code_offset, uint32_t code_symbols, int direct_log2, uint8_t* tables) {
+                     uint64_t code_offset, uint32_t code_symbols, uint64_t zmap_offset, uint32_t zmap_symbols,
+                     int direct_log2, uint8_t* tables) {
   Status s = check_aligned(tables, "tables");
   if (!s.ok()) return s;
   DeviceScope scope(exec.device);
   if (scope.status() != cudaSuccess) return device_error(scope.status(), "selecting the device");
-  decode_tables_kernel<<<1, 2, 0, stream_of(exec)>>>(stream, mask_offset, mask_symbols, code_offset, code_symbols,
-                                                     direct_log2, reinterpret_cast<uint32_t*>(tables));
+  decode_tables_kernel<<<1, 3, 0, stream_of(exec)>>>(stream, mask_offset, mask_symbols, code_offset, code_symbols,
+                                                     zmap_offset, zmap_symbols, direct_log2,
+                                                     reinterpret_cast<uint32_t*>(tables));
   return launched("decode tables");
 }
 

@@ -186,10 +186,15 @@ Status sample(const Exec& exec, const TensorRef& x, const double* bound, uint8_t
         sample_chunk_run<decltype(dt)::value>(x.data, begin, elems, r, qz, a.row, count);
       });
     const uint32_t* chosen = nullptr;
-    predictors[c] = choose_predictor(ph, a.row != 0, nlog2n, &chosen);
+    const uint8_t predictor = choose_predictor(ph, a.row != 0, nlog2n, &chosen);
+    const bool zero_map = choose_zero_map(chosen, ph.coded, a.num_chunks);
+    predictors[c] = uint8_t(predictor | (zero_map ? kChunkZeroMap : 0));
     std::lock_guard<std::mutex> lk(mu);
-    for (uint32_t b = 0; b < kFineAlphabet; ++b) hist[b] += chosen[b];
+    // As the CPU backend: a mapped chunk's zeros are in its map, not in the lanes.
+    for (uint32_t b = zero_map ? 1 : 0; b < kFineAlphabet; ++b) hist[b] += chosen[b];
     for (uint32_t b = 0; b < 256; ++b) hist[kFineAlphabet + b] += mask[b];
+    if (zero_map)
+      for (uint32_t b = 0; b < 256; ++b) hist[kFineAlphabet + 256 + b] += ph.zmap[predictor_slot(predictor)][b];
   });
   return Status::Ok();
 }
@@ -197,15 +202,17 @@ Status sample(const Exec& exec, const TensorRef& x, const double* bound, uint8_t
 Status build_books(const uint64_t* hist, Books* books) {
   if (hist == nullptr || books == nullptr) return invalid("hist or books is null");
   CodeBooks cb;
-  Status s = build_code_books(hist, hist + kFineAlphabet, &cb);
+  Status s = build_code_books(hist, hist + kFineAlphabet, hist + kFineAlphabet + 256, &cb);
   if (!s.ok()) return s;
   books->direct_log2 = cb.direct_log2;
   books->mask_lengths = cb.mask_lengths;
   books->code_lengths = cb.code_lengths;
+  books->zmap_lengths = cb.zmap_lengths;
   const size_t nc = cb.code.len.size();
-  books->packed.assign(nc + 256, 0);
+  books->packed.assign(nc + 512, 0);
   for (size_t i = 0; i < nc; ++i) books->packed[i] = cb.code.code[i] | (uint32_t(cb.code.len[i]) << 16);
   for (size_t i = 0; i < 256; ++i) books->packed[nc + i] = cb.mask.code[i] | (uint32_t(cb.mask.len[i]) << 16);
+  for (size_t i = 0; i < 256; ++i) books->packed[nc + 256 + i] = cb.zmap.code[i] | (uint32_t(cb.zmap.len[i]) << 16);
   return Status::Ok();
 }
 
@@ -214,6 +221,7 @@ EncodeBooks encode_books(const uint32_t* packed, int direct_log2) {
   EncodeBooks b;
   b.code = packed;
   b.mask = packed + code_alphabet(direct_log2);
+  b.zmap = b.mask + 256;
   b.k = direct_log2;
   return b;
 }
@@ -274,7 +282,7 @@ Status assemble(const uint8_t* layouts, const TensorRef& x, BoundMode mode, doub
   h.num_chunks = chunk_count(numel);
   h.chunk_end.resize(h.num_chunks);
   CompressStats stats;
-  bool any_mask = false, any_code = false;
+  bool any_mask = false, any_code = false, any_zmap = false;
   uint64_t end = 0;
   for (uint32_t c = 0; c < h.num_chunks; ++c) {
     ChunkLayout L;
@@ -294,6 +302,8 @@ Status assemble(const uint8_t* layouts, const TensorRef& x, BoundMode mode, doub
       any_mask |= (L.flags & kChunkHasMask) != 0;
       if (L.flags & kChunkLorenzo) ++stats.lorenzo_chunks;
       if (L.flags & kChunkLorenzo2D) ++stats.lorenzo2d_chunks;
+      if (L.flags & kChunkZeroMap) ++stats.zero_map_chunks;
+      any_zmap |= (L.flags & kChunkZeroMap) != 0;
     }
     end += L.length;
     h.chunk_end[c] = end;
@@ -301,7 +311,9 @@ Status assemble(const uint8_t* layouts, const TensorRef& x, BoundMode mode, doub
   // Only the codebooks some chunk uses go into the header, as the CPU backend does.
   if (any_mask) h.mask_lengths = books.mask_lengths;
   if (any_code) h.code_lengths = books.code_lengths;
-  h.header_bytes = header_size(x.shape.size(), h.mask_lengths.size(), h.code_lengths.size(), h.num_chunks);
+  if (any_zmap) h.zmap_lengths = books.zmap_lengths;
+  h.header_bytes = header_size(x.shape.size(), h.mask_lengths.size(), h.code_lengths.size(), h.zmap_lengths.size(),
+                               h.num_chunks);
   out->header.assign(h.header_bytes, 0);
   write_header(h, out->header.data());
   out->stream_bytes = h.header_bytes + end + (payload_checksum ? 4 : 0);
@@ -368,7 +380,10 @@ Status plan_decode(const uint8_t* header, uint64_t header_len, uint64_t stream_b
   plan->mask_symbols = uint32_t(h.mask_lengths.size());
   plan->code_book_offset = plan->mask_book_offset + (plan->mask_symbols + 1) / 2 + 2;
   plan->code_symbols = uint32_t(h.code_lengths.size());
+  plan->zmap_book_offset = plan->code_book_offset + (plan->code_symbols + 1) / 2 + 2;
+  plan->zmap_symbols = uint32_t(h.zmap_lengths.size());
   plan->direct_log2 = h.direct_log2;
+  plan->version = h.version;
   return Status::Ok();
 }
 
@@ -388,6 +403,8 @@ DecodeArgs decode_args(const uint8_t* stream, const DecodePlan& plan) {
   d.params.direct_log2 = plan.direct_log2;
   d.params.has_mask_book = plan.mask_symbols > 0;
   d.params.has_code_book = plan.code_symbols > 0;
+  d.params.has_zmap_book = plan.zmap_symbols > 0;
+  d.params.version = plan.version;
   return d;
 }
 }  // namespace
@@ -399,7 +416,7 @@ Status decode_tables(const Exec& exec, const uint8_t* stream, const DecodePlan& 
   if (exec.device >= 0) {
 #if defined(ACTZIP_HAVE_CUDA)
     return cuda::decode_tables(exec, stream, plan.mask_book_offset, plan.mask_symbols, plan.code_book_offset,
-                               plan.code_symbols, plan.direct_log2, tables);
+                               plan.code_symbols, plan.zmap_book_offset, plan.zmap_symbols, plan.direct_log2, tables);
 #else
     return no_cuda();
 #endif
@@ -408,7 +425,8 @@ Status decode_tables(const Exec& exec, const uint8_t* stream, const DecodePlan& 
   const bool ok =
       build_decode_table_one(stream + plan.mask_book_offset, plan.mask_symbols, t, 0, false) &&
       build_decode_table_one(stream + plan.code_book_offset, plan.code_symbols, t + kDecodeTableSize,
-                             plan.direct_log2, true);
+                             plan.direct_log2, true) &&
+      build_decode_table_one(stream + plan.zmap_book_offset, plan.zmap_symbols, t + 2 * kDecodeTableSize, 0, false);
   if (!ok) return format_error("invalid codebook");
   return Status::Ok();
 }
@@ -435,7 +453,8 @@ Status decode(const Exec& exec, const uint8_t* stream, const DecodePlan& plan, c
   const uint8_t* table = stream + d.header_bytes - 8 - 8 * uint64_t(d.params.num_chunks);
   host_for(d.params.num_chunks, exec.num_threads, [&](uint32_t c) {
     const uint32_t e = dispatch_dtype(plan.info.dtype, [&](auto dt) {
-      return decode_chunk_stream<decltype(dt)::value>(payload, table, c, d.params, t, t + kDecodeTableSize, out);
+      return decode_chunk_stream<decltype(dt)::value>(payload, table, c, d.params, t, t + kDecodeTableSize,
+                                                      t + 2 * kDecodeTableSize, out);
     });
     if (e == kDecodeOk) return;
     std::lock_guard<std::mutex> lk(mu);

@@ -42,7 +42,8 @@ Status measure(const Exec& exec, const StageArgs& a, const uint8_t* predictors, 
 Status write(const Exec& exec, const StageArgs& a, const uint32_t* packed_books, int direct_log2,
              const uint8_t* layouts, uint8_t* stream, uint64_t header_bytes);
 Status decode_tables(const Exec& exec, const uint8_t* stream, uint64_t mask_offset, uint32_t mask_symbols,
-                     uint64_t code_offset, uint32_t code_symbols, int direct_log2, uint8_t* tables);
+                     uint64_t code_offset, uint32_t code_symbols, uint64_t zmap_offset, uint32_t zmap_symbols,
+                     int direct_log2, uint8_t* tables);
 Status decode(const Exec& exec, const DecodeArgs& d, const uint8_t* tables, void* out, uint64_t* status);
 }  // namespace cuda
 #endif

@@ -45,7 +45,7 @@ struct Status {
   static Status Ok() { return {}; }
 };
 
-inline constexpr uint16_t kFormatVersion = 1;
+inline constexpr uint16_t kFormatVersion = 2;  // streams of version 1 are read too
 inline constexpr uint32_t kChunkElems = 16384;  // fixed by format version 1
 inline constexpr int kMaxDims = 8;
 inline constexpr uint64_t kMaxElements = uint64_t(1) << 48;
@@ -88,6 +88,7 @@ struct CompressStats {
   uint32_t zero_chunks = 0;   // chunks of +0.0 only
   uint32_t lorenzo_chunks = 0;    // chunks predicted along the flattened order
   uint32_t lorenzo2d_chunks = 0;  // chunks predicted from the left and upper neighbours
+  uint32_t zero_map_chunks = 0;   // chunks whose values of 0 are in a zero map
 };
 
 class CompressPlan {

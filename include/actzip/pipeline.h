@@ -51,10 +51,10 @@ int cuda_device_count();
 
 // Buffer sizes, in bytes.
 inline constexpr uint64_t kRangeBytes = 8;              // two int32 order keys
-inline constexpr uint64_t kHistCounters = 1039 + 256;   // fine bins, then mask bytes (u64 each)
+inline constexpr uint64_t kHistCounters = 1039 + 256 + 256;  // fine bins, mask bytes, zero-map bytes (u64 each)
 inline constexpr uint64_t kHistBytes = kHistCounters * 8;
 inline constexpr uint64_t kLayoutBytes = 64;            // per chunk
-inline constexpr uint64_t kDecodeTablesBytes = 32768;   // mask and code tables (u32 each)
+inline constexpr uint64_t kDecodeTablesBytes = 49152;   // mask, code and zero-map tables (u32 each)
 inline constexpr uint64_t kStatusBytes = 8;
 
 uint32_t num_chunks(uint64_t numel);
@@ -79,16 +79,18 @@ Status resolve_bound(const Exec& exec, BoundMode mode, double requested, const i
 // Host: the absolute bound a kRel request means, from the keys.
 double rel_abs_bound(int32_t key_lo, int32_t key_hi, double requested);
 
-// Stage 2: each chunk's predictor (num_chunks bytes) and the tensor's sampled histograms
-// (kHistCounters u64 counters; the stage zeroes them first).
+// Stage 2: each chunk's choice (num_chunks bytes: its predictor's chunk flag, and the
+// zero-map flag) and the tensor's sampled histograms (kHistCounters u64 counters; the stage
+// zeroes them first).
 Status sample(const Exec& exec, const TensorRef& x, const double* bound, uint8_t* predictors, uint64_t* hist);
 
 // Host: the codebooks for a histogram (a host copy of stage 2's).
 struct Books {
   int direct_log2 = 0;
-  std::vector<uint8_t> mask_lengths, code_lengths;
+  std::vector<uint8_t> mask_lengths, code_lengths, zmap_lengths;
   // For measure() and write(): each code symbol's (code_alphabet(direct_log2) of them),
-  // then each mask byte's (256) bit-reversed code | length << 16. Copy to where they run.
+  // then each mask byte's (256), then each zero-map byte's (256) bit-reversed code |
+  // length << 16. Copy to where they run.
   std::vector<uint32_t> packed;
 };
 Status build_books(const uint64_t* hist, Books* books);
@@ -118,9 +120,10 @@ Status write(const Exec& exec, const TensorRef& x, const double* bound, const ui
 // What decoding needs from a header, parsed and validated on the host.
 struct DecodePlan {
   StreamInfo info;
-  uint64_t mask_book_offset = 0, code_book_offset = 0;  // nibble-packed lengths in the header
-  uint32_t mask_symbols = 0, code_symbols = 0;
+  uint64_t mask_book_offset = 0, code_book_offset = 0, zmap_book_offset = 0;  // nibble-packed lengths in the header
+  uint32_t mask_symbols = 0, code_symbols = 0, zmap_symbols = 0;
   int direct_log2 = 0;
+  uint32_t version = 0;  // the stream's format_version
 };
 // `header` holds at least the header's bytes; stream_bytes is the whole stream's length.
 Status plan_decode(const uint8_t* header, uint64_t header_len, uint64_t stream_bytes, DecodePlan* plan);

@@ -99,6 +99,9 @@ std::vector<Sample> corpus() {
       {make_tensor("f16 waves rows of 100", DType::kFloat16, {200, 100}, Fill::kWaves, 12), 1e-2, BoundMode::kAbs,
        false},
       {make_tensor("f32 wave 1-D", DType::kFloat32, {20000}, Fill::kWaves, 13), 1e-2, BoundMode::kAbs, true},
+      // Smooth and of 8 chunks: zero maps.
+      {make_tensor("f32 waves mapped", DType::kFloat32, {8, 128, 128}, Fill::kWaves, 15), 1e-2, BoundMode::kAbs,
+       false},
   };
   std::vector<Sample> out;
   for (const auto& s : specs) {
@@ -132,6 +135,7 @@ struct ChunkAt {
   uint32_t mask_bytes = 0, code_bytes = 0;
   uint64_t code = 0;        // offset of the code section
   uint32_t sign_bytes = 0;  // 0 where the code section is empty
+  uint32_t zmap_bytes = 0;  // likewise
 };
 
 uint64_t chunk_table_of(const std::vector<uint8_t>& s, uint32_t num_chunks) {
@@ -151,7 +155,10 @@ std::vector<ChunkAt> chunks_of(const std::vector<uint8_t>& s) {
     ch.mask_bytes = get_u32_le(s.data() + ch.start + 8);
     ch.code_bytes = get_u32_le(s.data() + ch.start + 12);
     ch.code = ch.start + 16 + ch.mask_bytes;
-    if (ch.kind == 1 && ch.code_bytes >= 24) ch.sign_bytes = get_u32_le(s.data() + ch.code + 16);
+    if (ch.kind == 1 && ch.code_bytes >= 24) {
+      ch.sign_bytes = get_u32_le(s.data() + ch.code + 16);
+      ch.zmap_bytes = get_u32_le(s.data() + ch.code + 20);
+    }
     out.push_back(ch);
   }
   return out;
@@ -456,11 +463,12 @@ ACTZIP_TEST(payload_corruption_without_checksum_never_crashes) {
                        (unsigned long long)(i - start), b, int(o.info), int(o.valid), int(o.decoded));
           // Reserved bytes and the flags are checked by validate() itself: unknown bits, flags
           // on a raw or zero chunk, both predictors, 2-D prediction where the rows do not allow
-          // it. A flip of bit 0 or 2 that names another valid predictor may decode (to other
-          // values) or not; one that leaves a sign stream without a Lorenzo predictor must not.
+          // it. A flip of bit 0 or 2 that names another valid predictor, or of bit 3 (the zero
+          // map), may decode (to other values) or not; one that leaves a sign stream without a
+          // Lorenzo predictor must not.
           const uint8_t flags = bad[start + 1];
           const bool header_rule = i - start == 2 || i - start == 3 ||
-                                   (i - start == 1 && (ch.kind != 1 || (flags & ~7) || (flags & 5) == 5 ||
+                                   (i - start == 1 && (ch.kind != 1 || (flags & ~15) || (flags & 5) == 5 ||
                                                        ((flags & 4) && !rows_2d)));
           const bool orphan_signs = i - start == 1 && ch.kind == 1 && (flags & 5) == 0 && ch.sign_bytes != 0;
           if (header_rule)
@@ -596,6 +604,47 @@ ACTZIP_TEST(broken_predictor_and_sign_stream_rules_are_format_errors) {
 // A 2-D chunk whose stream's shape is changed (same element count, header checksum fixed) to
 // rows of 1 or of more than 128 is malformed, and validate() sees it in the chunk headers;
 // changed to other rows of 2 to 128 it is valid (and decodes to other values, or fails).
+// The zero map's rules (docs/FORMAT.md section 2) broken one at a time, with the payload
+// checksum fixed: the flag without a map, a map without the flag, a map whose length does
+// not add up.
+ACTZIP_TEST(broken_zero_map_rules_are_format_errors) {
+  uint32_t seen_mapped = 0, seen_unmapped = 0;
+  for (const Sample& s : corpus()) {
+    const std::vector<ChunkAt> chunks = chunks_of(s.stream);
+    for (uint32_t c = 0; c < chunks.size(); ++c) {
+      const ChunkAt& ch = chunks[c];
+      if (ch.kind != 1 || ch.code_bytes == 0) continue;
+      auto expect_error = [&](std::vector<uint8_t> bad, const char* what) {
+        fix_payload_crc(&bad);
+        std::vector<uint8_t> out;
+        const actzip::Status st = decode(bad, &out);
+        ACTZIP_CHECK(st.code == StatusCode::kFormatError, "%s chunk %u: %s decoded (%s)", s.name.c_str(), c, what,
+                     st.message.c_str());
+      };
+      std::vector<uint8_t> bad = s.stream;
+      if (ch.flags & 8) {
+        ++seen_mapped;
+        ACTZIP_CHECK(ch.zmap_bytes > 0, "%s chunk %u: a zero map of 0 bytes", s.name.c_str(), c);
+        bad[ch.start + 1] = uint8_t(ch.flags & ~8);
+        expect_error(bad, "a map without the flag");
+        bad = s.stream;
+        put_u32_le(bad.data() + ch.code + 20, ch.zmap_bytes + 8);
+        expect_error(bad, "a map 8 bytes longer than the section has room for");
+        bad = s.stream;
+        put_u32_le(bad.data() + ch.code + 20, ch.zmap_bytes - 8);
+        expect_error(bad, "a map 8 bytes shorter");
+      } else {
+        ++seen_unmapped;
+        ACTZIP_CHECK(ch.zmap_bytes == 0, "%s chunk %u: zmap_bytes without a zero map", s.name.c_str(), c);
+        bad[ch.start + 1] = uint8_t(ch.flags | 8);
+        expect_error(bad, "the flag without a map");
+      }
+    }
+  }
+  ACTZIP_CHECK(seen_mapped > 0 && seen_unmapped > 0, "the corpus lacks chunks with (%u) or without (%u) zero maps",
+               seen_mapped, seen_unmapped);
+}
+
 ACTZIP_TEST(two_d_chunks_in_a_shape_that_does_not_allow_them_are_format_errors) {
   for (const Sample& s : corpus()) {
     if (s.name != "f32 waves 2-D") continue;

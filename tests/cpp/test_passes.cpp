@@ -113,7 +113,15 @@ ACTZIP_TEST(sampled_counts_and_choice_match_chunk_h) {
             for (uint32_t b = 0; b < kFineAlphabet; ++b)
               same &= ph.none[b] == tally.none[b] && ph.lor[b] == tally.lor[b] &&
                       (!row || ph.lor2d[b] == tally.lor2d[b]);
+            for (uint32_t p = 0; p < (row ? 3u : 2u); ++p)
+              same &= std::equal(ph.zmap[p], ph.zmap[p] + 256, tally.zmap[p]);
             ACTZIP_CHECK(same, "row=%u elems=%u spread=%d sparse=%d: counts differ", row, elems, spread, int(sparse));
+            // Every coded value makes one map bit; a run's last byte counts partly filled.
+            uint64_t map_bytes = 0;
+            for (uint32_t b = 0; b < 256; ++b) map_bytes += tally.zmap[0][b];
+            ACTZIP_CHECK(map_bytes >= (tally.coded + 7) / 8 && map_bytes <= tally.coded / 8 + sample_runs(elems),
+                         "row=%u elems=%u: %llu map bytes for %u coded values", row, elems,
+                         (unsigned long long)map_bytes, tally.coded);
             const uint32_t *chosen_ref = nullptr, *chosen_new = nullptr;
             const uint8_t ref = choose_predictor(ph, row != 0, nlog2n, &chosen_ref);
             const uint8_t got = choose_sampled_predictor(tally, row != 0, nlog2n, &chosen_new);
@@ -168,6 +176,36 @@ ACTZIP_TEST(compact_and_expand_match_the_mask) {
       for (uint32_t i = 0; i < n; ++i)
         ACTZIP_CHECK(grid[i] == (is_coded(codes[i]) ? 1000 + i : kUncodedValue), "portable=%d n=%u i=%u", portable, n,
                      i);
+    }
+  });
+}
+
+ACTZIP_TEST(compact_and_expand_nonzero_match_the_zero_map) {
+  std::mt19937 rng(3);
+  on_both_paths([&](bool portable) {
+    for (uint32_t n : kSizes) {
+      for (uint32_t zero_share : {0u, 3u, 7u, 10u}) {  // tenths of the values that are 0
+        std::vector<uint32_t> orig(n);
+        for (uint32_t i = 0; i < n; ++i) orig[i] = rng() % 10 < zero_share ? 0u : 1 + rng() % 5000;
+        std::vector<uint32_t> values(orig);
+        values.resize(n + 8, 0xDDDDDDDDu);
+        std::vector<uint8_t> map((n + 7) / 8, 0xEE);
+        const uint32_t kept = compact_nonzero(values.data(), n, map.data());
+        uint32_t t = 0;
+        for (uint32_t i = 0; i < n; ++i) {
+          const bool carried = orig[i] != 0;
+          ACTZIP_CHECK(((map[i / 8] >> (i % 8)) & 1u) == uint32_t(carried), "portable=%d n=%u i=%u", portable, n, i);
+          if (carried) {
+            ACTZIP_CHECK(values[t] == orig[i], "portable=%d n=%u t=%u", portable, n, t);
+            ++t;
+          }
+        }
+        ACTZIP_CHECK(kept == t, "portable=%d n=%u kept=%u t=%u", portable, n, kept, t);
+        if (n % 8) ACTZIP_CHECK((map.back() >> (n % 8)) == 0, "portable=%d n=%u: bits past the end", portable, n);
+        std::vector<uint32_t> out(n, 0xCCCCCCCCu);
+        expand_nonzero(values.data(), map.data(), n, out.data());
+        ACTZIP_CHECK(out == orig, "portable=%d n=%u zero share %u: expanded values differ", portable, n, zero_share);
+      }
     }
   });
 }

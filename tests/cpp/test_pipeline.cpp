@@ -115,6 +115,10 @@ std::vector<Tensor> corpus() {
   ts.push_back(make_tensor("empty", DType::kFloat32, {0, 4}, Fill::kNormal, seed++));
   ts.push_back(make_tensor("one", DType::kFloat16, {1}, Fill::kNormal, seed++));
   ts.push_back(make_tensor("5d", DType::kFloat32, {2, 3, 4, 5, 6}, Fill::kRelu, seed++));
+  // Smooth enough, and of enough chunks, for zero maps (with and without masks).
+  ts.push_back(make_tensor("long ramp", DType::kFloat32, {140000}, Fill::kRamp, seed++));
+  ts.push_back(make_tensor("long waves", DType::kFloat32, {1100, 128}, Fill::kWaves, seed++));
+  ts.push_back(make_tensor("long relu", DType::kFloat16, {9, 16384}, Fill::kRelu, seed++));
   // A chunk of zeros between coded chunks, and a chunk of outliers only.
   Tensor mixed = make_tensor("mixed", DType::kFloat32, {3 * 16384 + 5}, Fill::kNormal, seed++);
   for (uint64_t i = 16384; i < 2 * 16384; ++i) mixed.set(i, 0.0f);
@@ -126,12 +130,14 @@ std::vector<Tensor> corpus() {
 }  // namespace
 
 ACTZIP_TEST(pipeline_writes_the_cpu_backends_bytes) {
+  uint64_t mapped = 0;
   for (const Tensor& t : corpus()) {
     for (double bound : {1e-1, 1e-3, 1e-6}) {
       for (auto mode : {actzip::BoundMode::kAbs, actzip::BoundMode::kRel}) {
         const bool checksum = bound == 1e-3;
         const Compressed cpu = compress(t, bound, mode, checksum, 1);
         ACTZIP_REQUIRE(cpu.status.ok(), "%s: %s", t.name.c_str(), cpu.status.message.c_str());
+        mapped += cpu.stats.zero_map_chunks;
         for (int threads : {1, 3}) {
           const PipelineResult p = pipeline_compress(t, bound, mode, checksum, threads);
           ACTZIP_REQUIRE(p.status.ok(), "%s: %s", t.name.c_str(), p.status.message.c_str());
@@ -141,12 +147,14 @@ ACTZIP_TEST(pipeline_writes_the_cpu_backends_bytes) {
                            p.stats.outliers == cpu.stats.outliers && p.stats.raw_chunks == cpu.stats.raw_chunks &&
                            p.stats.zero_chunks == cpu.stats.zero_chunks &&
                            p.stats.lorenzo_chunks == cpu.stats.lorenzo_chunks &&
-                           p.stats.lorenzo2d_chunks == cpu.stats.lorenzo2d_chunks,
+                           p.stats.lorenzo2d_chunks == cpu.stats.lorenzo2d_chunks &&
+                           p.stats.zero_map_chunks == cpu.stats.zero_map_chunks,
                        "%s: statistics differ", t.name.c_str());
         }
       }
     }
   }
+  ACTZIP_CHECK(mapped > 0, "no stream of the corpus has a zero map: the test does not cover them");
 }
 
 ACTZIP_TEST(pipeline_decodes_to_the_cpu_backends_bits) {

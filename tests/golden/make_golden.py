@@ -14,6 +14,11 @@ Must-fail streams (``bad_*.azip``) are golden streams with one rule of docs/FORM
 broken (the header checksum recomputed where needed, so that the rule itself is what a
 decoder meets); every decoder must reject them with FormatError.
 
+Version-1 streams (``v1_*.azip``) are the golden streams of format version 1, kept as they
+were written: this encoder writes version 2 and cannot make them again, so MANIFEST.json's
+``version1`` section is carried over from the previous manifest. Every decoder must still
+read them to the same decoded hashes.
+
 Run this again only when the format changes (with a new format_version) or when the
 encoder's choices change on purpose; the decoded hashes of old streams must not change.
 """
@@ -99,6 +104,18 @@ def input_f32_images_2d() -> torch.Tensor:
     return torch.from_numpy(v).reshape(n, c, h, w)
 
 
+def input_f32_smooth_maps() -> torch.Tensor:
+    # Gentler surfaces of the same kind, (16, 8, 32, 32): 8 chunks, the fewest that zero maps
+    # are used in, where most 2-D residuals are 0 at the golden bound. Multiples of 2^-12.
+    n, c, h, w = 16, 8, 32, 32
+    coef = small_ints(n * c * 3, 6, 3).reshape(n * c, 3)
+    hh = np.arange(h, dtype=np.int64).reshape(h, 1)
+    ww = np.arange(w, dtype=np.int64).reshape(1, w)
+    planes = [a * (hh - 16) ** 2 + b * (ww - 16) ** 2 + d * hh * ww for a, b, d in coef]
+    v = np.stack(planes).astype(np.float32) * np.float32(2.0**-12)
+    return torch.from_numpy(v).reshape(n, c, h, w)
+
+
 def input_f32_wave_signs() -> torch.Tensor:
     # A triangle wave of period 1280 between -320 and 320 units of 2^-10 (20 steps of 2^-6
     # each way): Lorenzo pays, and around each crossing the values -7..7 units round to
@@ -138,6 +155,7 @@ GOLDEN = {
     "f32_scalar": (input_f32_scalar, 0.1, "abs", False),
     "f16_empty": (input_f16_empty, 1e-3, "abs", True),
     "f32_images_2d_abs": (input_f32_images_2d, 2.0**-7, "abs", False),
+    "f32_smooth_maps_abs": (input_f32_smooth_maps, 2.0**-5, "abs", False),
     "f32_wave_signs_abs": (input_f32_wave_signs, 2.0**-7, "abs", False),
 }
 
@@ -239,7 +257,9 @@ def must_fail(streams: dict) -> dict:
     plain = streams["f32_specials_rel"]          # 1 coded chunk with outliers, no checksum
     image = streams["f32_images_2d_abs"]         # (2, 4, 32, 32): 1 chunk, 2-D Lorenzo, sign bits
     wave = streams["f32_wave_signs_abs"]         # 3 chunks, Lorenzo, masks, sign bits
+    smooth = streams["f32_smooth_maps_abs"]      # 8 chunks, 2-D Lorenzo, zero maps
     assert chunk_flags(plain, 0) == 2 and chunk_flags(image, 0) == 6 and chunk_flags(wave, 0) == 3
+    assert chunk_flags(smooth, 0) & 8 and struct.unpack_from("<I", smooth, code_section(smooth, 0) + 20)[0] > 0
     assert sign_stream(image, 0)[1] == 8 and sign_stream(wave, 0)[1] > 8 and sign_stream(wave, 1)[1] > 8
     out = {}
 
@@ -249,7 +269,7 @@ def must_fail(streams: dict) -> dict:
         out[name] = (bytes(fix_crc(s) if crc else s), rule)
 
     edit("bad_magic", good, "magic must be AZIP", lambda s: s.__setitem__(0, ord("X")), crc=False)
-    edit("bad_version", good, "format_version must be 1", lambda s: struct.pack_into("<H", s, 4, 2))
+    edit("bad_version", good, "format_version must be 1 or 2", lambda s: struct.pack_into("<H", s, 4, 3))
     edit("bad_flags", good, "flag bits other than bit 0 must be 0", lambda s: struct.pack_into("<H", s, 6, 3))
     edit("bad_header_crc", good, "header_crc must match", lambda s: s.__setitem__(header_bytes(s) - 8, s[header_bytes(s) - 8] ^ 1), crc=False)
     edit("bad_header_padding", good, "the 4 bytes after header_crc must be 0", lambda s: s.__setitem__(header_bytes(s) - 1, 1), crc=False)
@@ -298,7 +318,7 @@ def must_fail(streams: dict) -> dict:
     edit("bad_chunk_reserved", plain, "the chunk header's reserved field must be 0",
          lambda s: s.__setitem__(chunk_start(s, 0) + 2, 1), crc=False)
     edit("bad_chunk_flags", plain, "unknown chunk flag bits must be 0",
-         lambda s: s.__setitem__(chunk_start(s, 0) + 1, s[chunk_start(s, 0) + 1] | 8), crc=False)
+         lambda s: s.__setitem__(chunk_start(s, 0) + 1, s[chunk_start(s, 0) + 1] | 16), crc=False)
     edit("bad_chunk_two_predictors", wave, "chunk flag bits 0 and 2 must not both be set",
          lambda s: s.__setitem__(chunk_start(s, 1) + 1, s[chunk_start(s, 1) + 1] | 4), crc=False)
     # The shape changed (same element count, header checksum fixed): the 2-D chunk is left
@@ -310,8 +330,14 @@ def must_fail(streams: dict) -> dict:
     # The same for a chunk of no-prediction noise given the 2-D flag in a 1-D tensor of 1000.
     edit("bad_2d_flag_in_rows_of_1000", plain, "2-D Lorenzo only where the last extent is 2 to 128",
          lambda s: s.__setitem__(chunk_start(s, 0) + 1, s[chunk_start(s, 0) + 1] | 4), crc=False)
-    edit("bad_code_table_reserved", image, "the code section table's reserved field must be 0",
-         lambda s: struct.pack_into("<I", s, code_section(s, 0) + 20, 1), crc=False)
+    edit("bad_code_table_reserved", image, "zmap_bytes must be 0 in a chunk without a zero map",
+         lambda s: struct.pack_into("<I", s, code_section(s, 0) + 20, 8), crc=False)
+    # The zero-map flag cleared: the chunk's zero map is left, which its flags no longer allow.
+    edit("bad_zmap_bytes_without_zero_map", smooth, "zmap_bytes must be 0 in a chunk without a zero map",
+         lambda s: s.__setitem__(chunk_start(s, 0) + 1, s[chunk_start(s, 0) + 1] & ~8), crc=False)
+    edit("bad_zmap_bytes_sum", smooth, "24 + zmap_bytes + the lane lengths + sign_bytes must equal code_bytes",
+         lambda s: struct.pack_into("<I", s, code_section(s, 0) + 20,
+                                    struct.unpack_from("<I", s, code_section(s, 0) + 20)[0] + 8), crc=False)
     edit("bad_sign_bytes_sum", wave, "24 + the lane lengths + sign_bytes must equal code_bytes",
          lambda s: struct.pack_into("<I", s, code_section(s, 0) + 16, sign_stream(s, 0)[1] + 8), crc=False)
     edit("bad_sign_stream_without_predictor", plain, "a sign stream only with a Lorenzo predictor",
@@ -344,7 +370,10 @@ def must_fail(streams: dict) -> dict:
 
 
 def main() -> int:
-    streams, manifest = {}, {"format_version": 1, "golden": {}, "must_fail": {}}
+    previous = json.loads((HERE / "MANIFEST.json").read_text()) if (HERE / "MANIFEST.json").exists() else {}
+    streams = {}
+    manifest = {"format_version": int(actzip._core.FORMAT_VERSION), "golden": {}, "must_fail": {},
+                "version1": previous.get("version1", {})}
     for name, (make, bound, mode, checksum) in GOLDEN.items():
         x = make()
         ct = actzip.compress(x, bound, mode=mode, checksum=checksum)

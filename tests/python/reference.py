@@ -3,8 +3,11 @@
 It knows nothing of the C++ code: it quantizes and classifies elements (section 3), maps
 codes to prediction values (the three predictors and the sign stream) and symbols (sections
 3 and 4), and reads and decodes a whole stream (sections 1, 2, 5 and 7, the code section's
-lanes and sign stream included) with plain, slow Python. The tests compare actzip's streams
-and decoded tensors with it bit for bit.
+zero map, lanes and sign stream included) with plain, slow Python. The tests compare
+actzip's streams and decoded tensors with it bit for bit.
+
+It reads both versions of the format: version 2, and version 1, which has no zero-map
+codebook in its header and no zero maps in its chunks (section 1, *Version 1*).
 
 Elements are handled as their bit patterns (``uint32`` for float32, ``uint16`` for float16
 and bfloat16), because numpy has no bfloat16 and comparisons must be bit-exact.
@@ -27,17 +30,18 @@ BITS_DTYPE = {FLOAT32: np.uint32, FLOAT16: np.uint16, BFLOAT16: np.uint16}
 SIGN_BIT = {FLOAT32: 1 << 31, FLOAT16: 1 << 15, BFLOAT16: 1 << 15}
 
 MAGIC = b"AZIP"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2        # the version this document describes (and actzip writes)
+FORMAT_VERSIONS = (1, 2)  # the versions a decoder reads
 CHUNK_ELEMS = 16384
 MAX_Q = 2**23 - 2     # largest |q| the encoder codes
 MAX_CODE = 2**23 - 1  # largest |c| a decoder accepts
 MAX_CODE_LEN = 12
 LANES = 4  # the code section's interleaved bit streams
-CODE_TABLE_BYTES = 4 * LANES + 8  # lane lengths, sign_bytes, a reserved 0
+CODE_TABLE_BYTES = 4 * LANES + 8  # lane lengths, sign_bytes, zmap_bytes (0 in version 1)
 MIN_2D_ROW, MAX_2D_ROW = 2, 128  # the last extents for which 2-D Lorenzo is allowed
 
-# chunk_flags bits (section 2)
-FLAG_LORENZO, FLAG_MASK, FLAG_LORENZO2D = 1, 2, 4
+# chunk_flags bits (section 2); FLAG_ZMAP only in version 2
+FLAG_LORENZO, FLAG_MASK, FLAG_LORENZO2D, FLAG_ZMAP = 1, 2, 4, 8
 
 ZERO, CODED, OUTLIER = 0, 1, 2
 KIND_RAW, KIND_CODED, KIND_ZERO = 0, 1, 2
@@ -280,6 +284,7 @@ def symbol_of(u: int, k: int) -> Tuple[int, int]:
 
 @dataclass
 class Header:
+    version: int
     flags: int
     dtype: int
     shape: Tuple[int, ...]
@@ -291,6 +296,7 @@ class Header:
     quant_step: float  # the binary32 step, widened to a Python float
     mask_lengths: List[int]
     code_lengths: List[int]
+    zmap_lengths: List[int]  # empty in version 1 (no zero-map codebook)
     chunk_end: List[int]
     header_bytes: int
 
@@ -314,6 +320,9 @@ class Chunk:
     code_bits_used: int = 0                              # bits of all lanes together
     lane_bytes: List[int] = field(default_factory=list)
     sign_bytes: int = 0
+    zmap_bytes: int = 0
+    zmap_bits_used: int = 0                              # bits the zero map's symbols took
+    zmap: List[int] = None                               # with a zero map: its bit for each coded element
 
 
 def _u16(b, o):
@@ -355,7 +364,8 @@ def parse_header(buf: bytes) -> Header:
     _need(buf, 0, 40, "the fixed header")
     if buf[0:4] != MAGIC:
         raise FormatError("bad magic")
-    if _u16(buf, 4) != FORMAT_VERSION:
+    version = _u16(buf, 4)
+    if version not in FORMAT_VERSIONS:
         raise FormatError("unknown format version")
     flags = _u16(buf, 6)
     if flags & ~1:
@@ -402,6 +412,15 @@ def parse_header(buf: bytes) -> Header:
         raise FormatError("too many code symbols")
     code_lengths = _read_lengths(buf, pos, code_symbols, "code codebook")
     pos += (code_symbols + 1) // 2
+    zmap_lengths = []
+    if version >= 2:  # version 1 has no zero-map codebook: the padding follows
+        _need(buf, pos, 2, "zmap_symbols")
+        zmap_symbols = _u16(buf, pos)
+        pos += 2
+        if zmap_symbols > 256:
+            raise FormatError("more than 256 zero-map symbols")
+        zmap_lengths = _read_lengths(buf, pos, zmap_symbols, "zero-map codebook")
+        pos += (zmap_symbols + 1) // 2
     _need(buf, pos, pad8(pos) - pos, "padding")
     if any(buf[pos:pad8(pos)]):
         raise FormatError("non-zero header padding")
@@ -426,8 +445,8 @@ def parse_header(buf: bytes) -> Header:
         raise FormatError("stream length does not add up")
     if flags & 1 and _u32(buf, header_bytes + payload) != zlib.crc32(buf[header_bytes:header_bytes + payload]):
         raise FormatError("payload checksum mismatch")
-    return Header(flags, dtype, shape, numel, mode, k, requested, error_bound, quant_step, mask_lengths, code_lengths,
-                  chunk_end, header_bytes)
+    return Header(version, flags, dtype, shape, numel, mode, k, requested, error_bound, quant_step, mask_lengths,
+                  code_lengths, zmap_lengths, chunk_end, header_bytes)
 
 
 def canonical_codes(lengths: List[int]) -> Dict[Tuple[int, int], int]:
@@ -473,7 +492,7 @@ class BitReader:
             raise FormatError("a bit stream with more padding than its symbols need")
 
 
-def _chunk(buf: bytes, h: Header, c: int, mask_table, code_table) -> Chunk:
+def _chunk(buf: bytes, h: Header, c: int, mask_table, code_table, zmap_table) -> Chunk:
     """Chunk c, read and checked (section 2), its values decoded (section 3)."""
     es = ELEM_SIZE[h.dtype]
     start = h.header_bytes + (h.chunk_end[c - 1] if c else 0)
@@ -500,9 +519,11 @@ def _chunk(buf: bytes, h: Header, c: int, mask_table, code_table) -> Chunk:
         return Chunk(KIND_RAW, count=count, raw_bits=raw.copy())
     if kind != KIND_CODED:
         raise FormatError("unknown chunk kind")
-    if flags & ~(FLAG_LORENZO | FLAG_MASK | FLAG_LORENZO2D):
+    known_flags = FLAG_LORENZO | FLAG_MASK | FLAG_LORENZO2D | (FLAG_ZMAP if h.version >= 2 else 0)
+    if flags & ~known_flags:
         raise FormatError("unknown chunk flags")
     has_mask, lorenzo, lorenzo2d = bool(flags & FLAG_MASK), bool(flags & FLAG_LORENZO), bool(flags & FLAG_LORENZO2D)
+    has_zmap = bool(flags & FLAG_ZMAP)
     if lorenzo and lorenzo2d:
         raise FormatError("chunk flags bits 0 and 2 both set")
     row = row_2d(h.shape)
@@ -532,6 +553,8 @@ def _chunk(buf: bytes, h: Header, c: int, mask_table, code_table) -> Chunk:
     u_values = [0] * n_coded
     sign_stream = None
     if n_coded == 0:
+        if has_zmap:
+            raise FormatError("a zero map in a chunk without coded elements")
         if code_bytes:
             raise FormatError("code section present without coded elements")
     else:
@@ -539,27 +562,46 @@ def _chunk(buf: bytes, h: Header, c: int, mask_table, code_table) -> Chunk:
             raise FormatError("code section shorter than its table")
         lane_bytes = [_u32(section, 4 * lane) for lane in range(LANES)]
         sign_bytes = _u32(section, 4 * LANES)
-        if _u32(section, 4 * LANES + 4) != 0:
-            raise FormatError("non-zero reserved field in the code section's table")
-        if any(n % 8 for n in lane_bytes) or sign_bytes % 8:
-            raise FormatError("a lane or the sign stream is not a multiple of 8 bytes")
-        if CODE_TABLE_BYTES + sum(lane_bytes) + sign_bytes != code_bytes:
-            raise FormatError("the lanes and the sign stream do not add up to the code section")
+        zmap_bytes = _u32(section, 4 * LANES + 4)  # in version 1 a reserved field, 0
+        if zmap_bytes and h.version < 2:
+            raise FormatError("non-zero reserved field in the code section's table (version 1)")
+        if zmap_bytes and not has_zmap:
+            raise FormatError("zmap_bytes is not 0 in a chunk without a zero map")
+        if any(n % 8 for n in lane_bytes) or sign_bytes % 8 or zmap_bytes % 8:
+            raise FormatError("the zero map, a lane or the sign stream is not a multiple of 8 bytes")
+        if CODE_TABLE_BYTES + zmap_bytes + sum(lane_bytes) + sign_bytes != code_bytes:
+            raise FormatError("the zero map, lanes and sign stream do not add up to the code section")
         if sign_bytes and not (lorenzo or lorenzo2d):
             raise FormatError("a sign stream without a Lorenzo predictor")
-        ch.lane_bytes, ch.sign_bytes = lane_bytes, sign_bytes
-        k = h.direct_log2
+        ch.lane_bytes, ch.sign_bytes, ch.zmap_bytes = lane_bytes, sign_bytes, zmap_bytes
         at = CODE_TABLE_BYTES
+        # Which coded elements' values are carried in the lanes: all of them without a zero
+        # map; with one, those whose map bit is 1 (the others are 0).
+        if has_zmap:
+            r = BitReader(section[at:at + zmap_bytes])
+            zmap = bytes(r.symbol(zmap_table) for _ in range((n_coded + 7) // 8))
+            r.check_padding()
+            ch.zmap_bits_used = r.pos
+            at += zmap_bytes
+            carried_bits = np.unpackbits(np.frombuffer(zmap, dtype=np.uint8), bitorder="little")
+            if carried_bits[n_coded:].any():
+                raise FormatError("zero map bits set past the last coded element")
+            ch.zmap = carried_bits[:n_coded].tolist()
+            carried = [e for e in range(n_coded) if ch.zmap[e]]
+        else:
+            carried = list(range(n_coded))
+        k = h.direct_log2
         for lane in range(LANES):
             r = BitReader(section[at:at + lane_bytes[lane]])
             at += lane_bytes[lane]
-            for t in range(lane, n_coded, LANES):  # coded element t is in lane t mod 4
+            for t in range(lane, len(carried), LANES):  # carried value t is in lane t mod 4
                 sym = r.symbol(code_table)
                 if sym < (1 << k):
-                    u_values[t] = sym
+                    u = sym
                 else:
                     b = sym - (1 << k) + k
-                    u_values[t] = (1 << b) + r.integer(b)
+                    u = (1 << b) + r.integer(b)
+                u_values[carried[t]] = u  # (a carried value may be 0 too)
             r.check_padding()
             ch.code_bits_used += r.pos
         sign_stream = BitReader(section[at:at + sign_bytes])
@@ -623,7 +665,8 @@ def read_stream(buf: bytes) -> Tuple[Header, List[Chunk]]:
     h = parse_header(buf)
     mask_table = canonical_codes(h.mask_lengths)
     code_table = canonical_codes(h.code_lengths)
-    chunks = [_chunk(buf, h, c, mask_table, code_table) for c in range(len(h.chunk_end))]
+    zmap_table = canonical_codes(h.zmap_lengths)  # empty in version 1, where no chunk has a map
+    chunks = [_chunk(buf, h, c, mask_table, code_table, zmap_table) for c in range(len(h.chunk_end))]
     return h, chunks
 
 

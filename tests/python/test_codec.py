@@ -400,6 +400,6 @@ def test_compress_bound_follows_the_format_document():
             for ndim in (0, 1, 3, 8):
                 chunks = -(-n // 16384)
                 counts = [min(16384, n - 16384 * c) for c in range(chunks)]
-                want = pad8(40 + 8 * ndim + 2 + 128 + 2 + 520) + 8 * chunks + 8
+                want = pad8(40 + 8 * ndim + 2 + 128 + 2 + 520 + 2 + 128) + 8 * chunks + 8
                 want += sum(16 + pad8(size * count) for count in counts) + 4
                 assert actzip.compress_bound(n, dtype, ndim) == want

@@ -6,6 +6,7 @@ The streams and MANIFEST.json are made by tests/golden/make_golden.py.
 
 import hashlib
 import json
+import struct
 import sys
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def _sha256(b: bytes) -> str:
 
 
 def test_manifest_lists_every_file_in_the_golden_folder():
-    listed = {e["file"] for e in MANIFEST["golden"].values()} | {e["file"] for e in MANIFEST["must_fail"].values()}
+    listed = {e["file"] for section in ("golden", "must_fail", "version1") for e in MANIFEST[section].values()}
     assert listed == {p.name for p in GOLDEN_DIR.glob("*.azip")}
     assert MANIFEST["format_version"] == actzip._core.FORMAT_VERSION
 
@@ -45,6 +46,29 @@ def test_golden_stream_decodes_to_its_known_hash(name):
     decoded = actzip.decompress(ct)
     assert _sha256(make_golden.tensor_bytes(decoded)) == entry["decoded_sha256"]
     # The reference decoder of docs/FORMAT.md reads it the same way.
+    _, bits = ref.decode(stream)
+    assert _sha256(bits.tobytes()) == entry["decoded_sha256"]
+
+
+def test_version_1_streams_are_kept_for_golden_inputs():
+    assert MANIFEST["version1"] and set(MANIFEST["version1"]) <= set(MANIFEST["golden"])
+
+
+@pytest.mark.parametrize("name", sorted(MANIFEST["version1"]))
+def test_version_1_stream_still_decodes_to_its_known_hash(name):
+    # Streams written by the version-1 encoder: every decoder reads them, to the values the
+    # version-2 stream of the same input decodes to.
+    entry = MANIFEST["version1"][name]
+    stream = (GOLDEN_DIR / entry["file"]).read_bytes()
+    assert _sha256(stream) == entry["stream_sha256"], "the golden file itself changed"
+    assert struct.unpack_from("<H", stream, 4)[0] == 1
+    ct = actzip.CompressedTensor.from_bytes(stream)
+    assert list(ct.shape) == entry["shape"]
+    decoded = actzip.decompress(ct)
+    assert _sha256(make_golden.tensor_bytes(decoded)) == entry["decoded_sha256"]
+    assert entry["decoded_sha256"] == MANIFEST["golden"][name]["decoded_sha256"]
+    h, _ = ref.read_stream(stream)
+    assert h.version == 1 and h.zmap_lengths == []
     _, bits = ref.decode(stream)
     assert _sha256(bits.tobytes()) == entry["decoded_sha256"]
 

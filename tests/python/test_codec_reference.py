@@ -4,13 +4,19 @@ For each input the reference reads the stream with its own parser, classifies th
 with its own quantizer, and the two must agree exactly: which elements are zeros, coded or
 outliers, every code (so every prediction value), every outlier's bits, and every decoded
 value, bit for bit.
+
+actzip writes format version 2 (chunks may carry a zero map); version-1 streams (the
+golden ``tests/golden/v1_*.azip``) must still decode, and streams that break a zero-map
+rule must be rejected (the tests at the end of this file).
 """
 
+import functools
 import math
 import struct
 import zlib
 from fractions import Fraction
-from typing import List, NamedTuple
+from pathlib import Path
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import pytest
@@ -441,3 +447,282 @@ def test_any_image_like_input_matches_the_reference(field, bound_to_scale, mode)
     x, scale = field
     bound = bound_to_scale * scale if mode == "abs" else bound_to_scale * 1e-3
     check_stream_against_reference(x, bound, mode)
+
+
+# ---- zero maps (format version 2) and version-1 streams -------------------------------------
+
+def _smooth_field() -> torch.Tensor:
+    """sin(a b) for a and b on [0, 1], in rows of 128: smooth along both axes, so that most
+    prediction residuals are 0 (a zero map pays), and 8 chunks, the fewest the encoder maps."""
+    return torch.outer(torch.linspace(0, 1, 1024), torch.linspace(0, 1, 128)).sin().reshape(8, 128, 128)
+
+
+def _mapped(chunks: List[ref.Chunk]) -> List[int]:
+    """The chunks whose code section holds a zero map (chunk_flags bit 3)."""
+    return [c for c, ch in enumerate(chunks) if ch.kind == ref.KIND_CODED and ch.flags & ref.FLAG_ZMAP]
+
+
+@functools.lru_cache(maxsize=None)
+def _zmap_stream() -> bytes:
+    """A version-2 stream of actzip's with zero maps (the base of the hostile inputs below)."""
+    stream = actzip.compress(_smooth_field(), 1e-2, mode="rel").to_bytes()
+    h, chunks = ref.read_stream(stream)
+    assert h.version == 2, "actzip wrote a version-1 stream"
+    assert _mapped(chunks), "no chunk with a zero map"
+    return stream
+
+
+def _rejected(stream: bytes) -> None:
+    """Both the reference and actzip reject the stream with FormatError."""
+    with pytest.raises(ref.FormatError):
+        ref.read_stream(stream)
+    with pytest.raises(actzip.FormatError):
+        actzip.decompress(actzip.CompressedTensor.from_bytes(stream))
+
+
+def _decodes_to(stream: bytes, want: np.ndarray) -> None:
+    """Both the reference and actzip decode the stream to the bits want."""
+    _, got = ref.decode(stream)
+    assert np.array_equal(got, want), "the reference decodes differently"
+    assert np.array_equal(bits_of(actzip.decompress(actzip.CompressedTensor.from_bytes(stream))), want), (
+        "actzip decodes differently"
+    )
+
+
+def _chunk_at(h: ref.Header, c: int) -> int:
+    return h.header_bytes + (h.chunk_end[c - 1] if c else 0)
+
+
+def _fix_checksums(s: bytearray) -> bytes:
+    """The header checksum, and the payload checksum where flag bit 0 says there is one,
+    recomputed over the bytes as they now are."""
+    hb = struct.unpack_from("<I", s, 8)[0]
+    struct.pack_into("<I", s, hb - 8, zlib.crc32(bytes(s[:hb - 8])))
+    if struct.unpack_from("<H", s, 6)[0] & 1:
+        struct.pack_into("<I", s, len(s) - 4, zlib.crc32(bytes(s[hb:len(s) - 4])))
+    return bytes(s)
+
+
+def _replace_chunk(stream: bytes, c: int, new: bytes) -> bytes:
+    """The stream with chunk c's bytes replaced by new (a multiple of 8 bytes long), the chunk
+    table and checksums made to match."""
+    assert len(new) % 8 == 0
+    h = ref.parse_header(stream)
+    start, end = _chunk_at(h, c), h.header_bytes + h.chunk_end[c]
+    delta = len(new) - (end - start)
+    s = bytearray(stream[:start] + new + stream[end:])
+    table = h.header_bytes - 8 - 8 * len(h.chunk_end)
+    for k in range(c, len(h.chunk_end)):
+        struct.pack_into("<Q", s, table + 8 * k, h.chunk_end[k] + delta)
+    return _fix_checksums(s)
+
+
+def _as_version_1(stream: bytes) -> bytes:
+    """A version-2 stream with its header rewritten as version 1 (no zmap_symbols and
+    zmap_lengths, padding, header_bytes and header checksum to match); the payload as it was."""
+    h = ref.parse_header(stream)
+    assert h.version == 2
+    pos = 40 + 8 * len(h.shape) + 2 + (len(h.mask_lengths) + 1) // 2 + 2 + (len(h.code_lengths) + 1) // 2
+    table = h.header_bytes - 8 - 8 * len(h.chunk_end)
+    s = bytearray(stream[:pos])
+    s += bytes(ref.pad8(pos) - pos) + stream[table:h.header_bytes - 8] + bytes(8)
+    struct.pack_into("<H", s, 4, 1)
+    struct.pack_into("<I", s, 8, len(s))
+    return _fix_checksums(s + stream[h.header_bytes:])
+
+
+def _codes(lengths: List[int]) -> Dict[int, Tuple[int, int]]:
+    """symbol -> (length, code) of a canonical codebook (section 5)."""
+    return {s: key for key, s in ref.canonical_codes(lengths).items()}
+
+
+def _pack(bits: List[int]) -> bytes:
+    """A bit stream of these bits, least significant first: pad8(ceil(B / 8)) bytes (section 5)."""
+    nbytes = ref.pad8((len(bits) + 7) // 8)
+    padded = np.array(bits + [0] * (8 * nbytes - len(bits)), dtype=np.uint8)
+    return np.packbits(padded, bitorder="little").tobytes()
+
+
+def _huffman_bits(symbol: int, codes: Dict[int, Tuple[int, int]]) -> List[int]:
+    n, code = codes[symbol]
+    return [(code >> (n - 1 - i)) & 1 for i in range(n)]  # a code's first bit is its most significant
+
+
+def _code_section(h: ref.Header, ch: ref.Chunk, zmap: Optional[List[int]]) -> bytes:
+    """Chunk ch's code section written again from its values (section 2), with the zero map
+    zmap (its bits, one per coded element and maybe a few more in the last byte) or without a
+    map (None); the sign stream as it was."""
+    n = len(ch.u)
+    if zmap is None:
+        carried, zmap_section = list(range(n)), b""
+    else:
+        bits = zmap + [0] * (-len(zmap) % 8)
+        assert len(bits) == 8 * ((n + 7) // 8)
+        carried = [e for e in range(n) if zmap[e]]
+        assert all(ch.u[e] == 0 for e in range(n) if not zmap[e]), "an element left out of the map is not 0"
+        books = _codes(h.zmap_lengths)
+        map_bytes = np.packbits(np.array(bits, dtype=np.uint8), bitorder="little").tolist()
+        zmap_section = _pack([b for byte in map_bytes for b in _huffman_bits(byte, books)])
+    books = _codes(h.code_lengths)
+    lanes = []
+    for lane in range(ref.LANES):
+        bits = []
+        for t in range(lane, len(carried), ref.LANES):  # carried value t goes to lane t mod 4
+            u = ch.u[carried[t]]
+            symbol, extra = ref.symbol_of(u, h.direct_log2)
+            bits += _huffman_bits(symbol, books) + [((u - (1 << extra)) >> i) & 1 for i in range(extra)]
+        lanes.append(_pack(bits))
+    signs = _pack(ch.signs)
+    table = struct.pack("<6I", *[len(lane) for lane in lanes], len(signs), len(zmap_section))
+    return table + zmap_section + b"".join(lanes) + signs
+
+
+def _rewrite_chunk(stream: bytes, c: int, zmap: Optional[List[int]]) -> bytes:
+    """The stream with coded chunk c's code section written again by _code_section, chunk_flags
+    bit 3 set or cleared to match."""
+    h, chunks = ref.read_stream(stream)
+    ch = chunks[c]
+    old = stream[_chunk_at(h, c):h.header_bytes + h.chunk_end[c]]
+    section = _code_section(h, ch, zmap)
+    head = bytearray(old[:16])
+    head[1] = ch.flags & ~ref.FLAG_ZMAP | (ref.FLAG_ZMAP if zmap is not None else 0)
+    struct.pack_into("<I", head, 12, len(section))
+    mask_end = 16 + ch.mask_bytes
+    return _replace_chunk(stream, c, bytes(head) + old[16:mask_end] + section + old[mask_end + ch.code_bytes:])
+
+
+def test_smooth_field_is_coded_with_zero_maps_and_decodes_like_the_reference():
+    x = _smooth_field()
+    checked = check_stream_against_reference(x, 1e-2, "rel")  # the reference decodes it as actzip does
+    assert checked.header.version == ref.FORMAT_VERSION == 2
+    mapped = _mapped(checked.chunks)
+    assert mapped, f"no chunk with a zero map: chunk flags {[ch.flags for ch in checked.chunks]}"
+    for c in mapped:
+        ch = checked.chunks[c]
+        # A map bit for each coded element: 1 where its value is carried in the lanes, and this
+        # encoder carries exactly the values that are not 0.
+        assert len(ch.zmap) == len(ch.u) > 0
+        assert ch.zmap == [int(u != 0) for u in ch.u], f"chunk {c}: the zero map is not (u != 0)"
+        assert ch.zmap_bytes == ref.pad8((ch.zmap_bits_used + 7) // 8)
+    for ch in checked.chunks:
+        if not ch.flags & ref.FLAG_ZMAP:
+            assert ch.zmap is None and ch.zmap_bytes == 0
+    # Bit for bit, explicitly.
+    stream = checked.ct.to_bytes()
+    _, want = ref.decode(stream)
+    assert np.array_equal(bits_of(actzip.decompress(checked.ct, device="cpu")), want)
+    assert np.array_equal(bits_of(actzip.decompress(actzip.CompressedTensor.from_bytes(stream))), want)
+
+
+def test_stream_rewritten_without_zero_maps_decodes_alike_in_both_versions():
+    # Every map dropped (all values carried, bit 3 clear, zmap_bytes 0): a valid version-2
+    # stream, and with its header rewritten as version 1 a valid version-1 stream, both
+    # decoding to the same values. (So _as_version_1 makes valid streams, for the test below.)
+    stream = _zmap_stream()
+    _, want = ref.decode(stream)
+    for c in _mapped(ref.read_stream(stream)[1]):
+        stream = _rewrite_chunk(stream, c, None)
+    h, chunks = ref.read_stream(stream)
+    assert not _mapped(chunks) and h.version == 2
+    _decodes_to(stream, want)
+    v1 = _as_version_1(stream)
+    assert ref.parse_header(v1).version == 1
+    _decodes_to(v1, want)
+
+
+def test_zero_map_may_carry_zero_values():
+    # Written again from its values, a mapped chunk comes out byte for byte as actzip wrote it
+    # (the writer below follows the format); then with map bits set for some elements whose
+    # value is 0, which the lanes now carry: still valid, the same values.
+    stream = _zmap_stream()
+    h, chunks = ref.read_stream(stream)
+    _, want = ref.decode(stream)
+    c = _mapped(chunks)[0]
+    ch = chunks[c]
+    assert _rewrite_chunk(stream, c, ch.zmap) == stream
+    zeros = [e for e, bit in enumerate(ch.zmap) if not bit]
+    assert zeros, "a mapped chunk with no value 0"
+    zmap = list(ch.zmap)
+    for e in zeros[::3]:
+        zmap[e] = 1
+    changed = _rewrite_chunk(stream, c, zmap)
+    assert changed != stream
+    assert ref.read_stream(changed)[1][c].zmap == zmap
+    _decodes_to(changed, want)
+
+
+def test_zero_map_in_a_version_1_stream_is_rejected():
+    # The header rewritten as version 1 (see the test above), the chunks' zero maps left in.
+    _rejected(_as_version_1(_zmap_stream()))
+
+
+def test_zmap_bytes_in_a_chunk_without_the_zero_map_flag_is_rejected():
+    stream = _zmap_stream()
+    h, chunks = ref.read_stream(stream)
+    c = _mapped(chunks)[0]
+    assert chunks[c].zmap_bytes > 0
+    s = bytearray(stream)
+    s[_chunk_at(h, c) + 1] &= ~ref.FLAG_ZMAP
+    _rejected(_fix_checksums(s))
+
+
+def test_zero_map_bits_past_the_last_coded_element_are_rejected():
+    # A mapped chunk whose coded count is not a multiple of 8; its map written again with a
+    # bit set past the last coded element, in a map byte the zero-map codebook has a code for.
+    # (The chunks of the smooth field have zeros in their first column: masks, so the count
+    # varies; the mapped chunks of other smooth inputs serve too.)
+    candidates = [
+        _zmap_stream(),
+        actzip.compress(_smooth_field().reshape(-1)[:50000].reshape(400, 125), 1e-2, mode="rel").to_bytes(),
+        actzip.compress(torch.linspace(-3, 5, 30005, dtype=torch.float32), 1e-2).to_bytes(),
+    ]
+    for stream in candidates:
+        h, chunks = ref.read_stream(stream)
+        for c in _mapped(chunks):
+            n = len(chunks[c].u)
+            last = (n - 1) // 8  # the last map byte
+            for extra in range(n % 8 if n % 8 else 8, 8):
+                zmap = chunks[c].zmap + [0] * (extra - n % 8) + [1]
+                byte = sum(bit << i for i, bit in enumerate(zmap[8 * last:]))
+                if byte < len(h.zmap_lengths) and h.zmap_lengths[byte]:
+                    assert _rewrite_chunk(stream, c, chunks[c].zmap) == stream
+                    _rejected(_rewrite_chunk(stream, c, zmap))
+                    return
+    pytest.fail("no mapped chunk with a coded count that is not a multiple of 8 (and a code for the byte)")
+
+
+def test_zero_map_with_more_padding_than_its_bits_need_is_rejected():
+    stream = _zmap_stream()
+    h, chunks = ref.read_stream(stream)
+    c = _mapped(chunks)[0]
+    ch = chunks[c]
+    start = _chunk_at(h, c)
+    code = start + 16 + ch.mask_bytes
+    s = bytearray(stream)
+    s[code + 24 + ch.zmap_bytes:code + 24 + ch.zmap_bytes] = bytes(8)  # 8 more zero bytes of map
+    struct.pack_into("<I", s, code + 20, ch.zmap_bytes + 8)
+    struct.pack_into("<I", s, start + 12, ch.code_bytes + 8)
+    _rejected(_replace_chunk(stream, c, bytes(s[start:h.header_bytes + h.chunk_end[c] + 8])))
+
+
+def test_zero_map_in_a_chunk_without_coded_elements_is_rejected():
+    x = torch.where(torch.arange(20000) % 10 == 0, torch.tensor(float("nan")), torch.tensor(0.0))
+    stream = actzip.compress(x, 1e-3, checksum=True).to_bytes()
+    h, chunks = ref.read_stream(stream)
+    assert h.version == 2
+    assert chunks[0].kind == ref.KIND_CODED and not chunks[0].codes and chunks[0].code_bytes == 0
+    s = bytearray(stream)
+    s[_chunk_at(h, 0) + 1] |= ref.FLAG_ZMAP
+    _rejected(_fix_checksums(s))  # the payload checksum made to match
+
+
+def test_zero_map_codebook_breaking_krafts_inequality_is_rejected():
+    stream = _zmap_stream()
+    h = ref.parse_header(stream)
+    assert len(h.zmap_lengths) >= 4
+    pos = 40 + 8 * len(h.shape) + 2 + (len(h.mask_lengths) + 1) // 2 + 2 + (len(h.code_lengths) + 1) // 2
+    assert struct.unpack_from("<H", stream, pos)[0] == len(h.zmap_lengths)
+    s = bytearray(stream)
+    for j in range(len(h.zmap_lengths) // 2):
+        s[pos + 2 + j] = 0x11  # every pair of symbols given codes of length 1
+    _rejected(_fix_checksums(s))
