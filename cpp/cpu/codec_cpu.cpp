@@ -415,11 +415,7 @@ Status plan_compress(const void* data, DType dtype, const std::vector<uint64_t>&
       // its map), and the map bytes.
       uint64_t* fine_part = part_fine[size_t(slot)].data();
       for (uint32_t b = zero_map ? 1 : 0; b < kFineAlphabet; ++b) fine_part[b] += chosen[b];
-      if (zero_map) {
-        uint64_t* zmap_part = part_zmap[size_t(slot)].data();
-        const uint32_t* sampled = tally.zmap[predictor_slot(predictor)];
-        for (uint32_t b = 0; b < 256; ++b) zmap_part[b] += sampled[b];
-      }
+      if (zero_map) sampled_zmap_bytes(tally, predictor_slot(predictor), part_zmap[size_t(slot)].data());
       return Status::Ok();
     });
     if (!s.ok()) return s;

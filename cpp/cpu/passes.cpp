@@ -207,6 +207,28 @@ inline uint32_t fine_bin_lanes(uint32_t u) {
 }
 }  // namespace
 
+namespace {
+// gather_bits over 64 bits.
+inline uint64_t gather_bits64(uint64_t value, uint64_t mask) {
+  const BitsUnderMask gather = pext_passes ? gather_bits_pext : gather_bits;
+  const uint32_t lo_mask = uint32_t(mask), hi_mask = uint32_t(mask >> 32);
+  const uint64_t lo = gather(uint32_t(value), lo_mask);
+  const uint64_t hi = gather(uint32_t(value >> 32), hi_mask);
+  return lo | (hi << __builtin_popcount(lo_mask));
+}
+}  // namespace
+
+static_assert(sizeof(SampleTally::run_bits) / sizeof(SampleTally::RunBits) == kSampleRuns, "a RunBits per run");
+
+void sampled_zmap_bytes(const SampleTally& tally, uint32_t slot, uint64_t* hist) {
+  // As chunk.h's ZmapBytes: eight coded values to a byte, a run's last byte as far as filled.
+  for (uint32_t r = 0; r < tally.runs && r < kSampleRuns; ++r) {
+    const uint64_t bits = tally.run_bits[r].nonzero[slot];
+    const uint32_t coded = tally.run_bits[r].coded;
+    for (uint32_t k = 0; k < coded; k += 8) ++hist[(bits >> k) & 0xFFu];
+  }
+}
+
 ACTZIP_MULTIVERSION void sample_run_counts(const int32_t* __restrict codes, uint32_t context, uint32_t n,
                                            uint32_t first, uint32_t col0, uint32_t row, SampleTally* __restrict tally,
                                            uint64_t* __restrict mask_hist) {
@@ -263,21 +285,19 @@ ACTZIP_MULTIVERSION void sample_run_counts(const int32_t* __restrict codes, uint
     for (uint32_t b = 0; b < m; ++b) byte |= is_coded[j0 + b] << b;
     ++mask_hist[byte];
   }
-  // Zero-map bytes: each predictor's coded values in order, a bit each (1: not 0), eight to
-  // a byte; the run's last byte is counted as far as it is filled.
-  const uint32_t* bins[3] = {bin_none, bin_lor, bin_2d};
-  for (uint32_t p = 0; p < (row ? 3u : 2u); ++p) {
-    uint32_t byte = 0, filled = 0;
-    for (uint32_t j = 0; j < n; ++j) {
-      if (!is_coded[j]) continue;
-      byte |= uint32_t(bins[p][j] != 0) << filled;
-      if (++filled == 8) {
-        ++tally->zmap[p][byte];
-        byte = filled = 0;
-      }
-    }
-    if (filled) ++tally->zmap[p][byte];
+  // Zero-map bits: under each predictor, which coded values are not 0, packed over the coded
+  // elements (uncoded ones hold kSampleTrashBin, and are dropped by the gather).
+  uint64_t coded_bits = 0, nonzero[3] = {0, 0, 0};
+  for (uint32_t j = 0; j < n; ++j) {
+    coded_bits |= uint64_t(is_coded[j]) << j;
+    nonzero[0] |= uint64_t(bin_none[j] != 0) << j;
+    nonzero[1] |= uint64_t(bin_lor[j] != 0) << j;
   }
+  if (row)
+    for (uint32_t j = 0; j < n; ++j) nonzero[2] |= uint64_t(bin_2d[j] != 0) << j;
+  SampleTally::RunBits& rb = tally->run_bits[tally->runs++ % kSampleRuns];
+  rb.coded = coded;
+  for (uint32_t p = 0; p < 3; ++p) rb.nonzero[p] = gather_bits64(nonzero[p], coded_bits);
   tally->sign_bits += sign_bits;
   tally->coded += coded;
 }

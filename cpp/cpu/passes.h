@@ -51,7 +51,13 @@ inline constexpr uint32_t kSampleTrashBin = kFineAlphabet;
 struct SampleTally {
   uint32_t none[kFineAlphabet + 1], lor[kFineAlphabet + 1], lor2d[kFineAlphabet + 1];
   uint32_t sign_bits, coded;
-  uint32_t zmap[3][256];  // zero-map bytes under each predictor (chunk.h's PredictorHist::zmap)
+  // Each run's zero-map bits under each predictor (none, 1-D, 2-D: bit t set when coded value
+  // t is not 0), for sampled_zmap_bytes() to count as bytes once the predictor is chosen.
+  struct RunBits {
+    uint64_t nonzero[3];
+    uint32_t coded;
+  } run_bits[16];  // chunk.h's kSampleRuns
+  uint32_t runs;
   void clear();
 };
 
@@ -63,6 +69,10 @@ struct SampleTally {
 // n + 1 .. row - 1 may hold any code.
 void sample_run_counts(const int32_t* codes, uint32_t context, uint32_t n, uint32_t first, uint32_t col0, uint32_t row,
                        SampleTally* tally, uint64_t* mask_hist);
+
+// Adds the zero-map bytes of the predictor in `slot` (chunk.h's predictor_slot) to hist (256
+// counters): the counts chunk.h's sample_run makes in PredictorHist::zmap[slot].
+void sampled_zmap_bytes(const SampleTally& tally, uint32_t slot, uint64_t* hist);
 
 // chunk.h's choose_predictor for a SampleTally: the same costs, summed in the same order
 // (so the same doubles and the same choice), visiting only the bins that are not empty.
