@@ -46,7 +46,7 @@ struct Status {
 };
 
 inline constexpr uint16_t kFormatVersion = 2;  // streams of version 1 are read too
-inline constexpr uint32_t kChunkElems = 16384;  // fixed by format version 1
+inline constexpr uint32_t kChunkElems = 16384;  // fixed by the format (versions 1 and 2)
 inline constexpr int kMaxDims = 8;
 inline constexpr uint64_t kMaxElements = uint64_t(1) << 48;
 

@@ -5,7 +5,7 @@ this module allocates every buffer with torch (so torch's caching allocator owns
 byte of device memory) on the tensor's device, runs each stage on torch's current stream,
 and copies to the host the small results the host steps need:
 
-* compression: the sampled histograms (10 KiB), from which the host builds the codebooks,
+* compression: the sampled histograms (12 KiB), from which the host builds the codebooks,
   and the chunk layouts (64 bytes a chunk), from which it writes the header and sizes the
   stream: two synchronizations, or one when the caller passes codebooks from an earlier
   tensor (the training integration reuses each layer's from the previous step). The bound
