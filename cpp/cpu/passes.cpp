@@ -387,89 +387,76 @@ ACTZIP_MULTIVERSION void lorenzo2d_residuals(const int32_t* __restrict q, uint32
 }
 
 namespace {
+// Keeps values[i] where keys[i] passes Keep, in order, in place, and writes the kept bits
+// (bit i % 8 of byte i / 8); returns the number kept. keys may be values itself: each group
+// of eight is read before anything is written over it.
+struct KeepCoded {  // keys are codes: neither 0 nor kOutlierCode
+  static uint32_t one(uint32_t key) { return is_coded_code(int32_t(key)); }
 #if ACTZIP_AVX2_PASSES
-// Whole groups of eight values; returns the values kept and sets *done.
-ACTZIP_TARGET_AVX2 uint32_t compact_nonzero_avx2(uint32_t* values, uint32_t n, uint8_t* map_bytes, uint32_t* done) {
+  ACTZIP_TARGET_AVX2 static uint32_t eight(__m256i k) {
+    const __m256i uncoded = _mm256_or_si256(_mm256_cmpeq_epi32(k, _mm256_setzero_si256()),
+                                            _mm256_cmpeq_epi32(k, _mm256_set1_epi32(kOutlierCode)));
+    return ~movemask32(uncoded) & 0xFFu;
+  }
+#endif
+};
+struct KeepNonzero {  // keys are the values
+  static uint32_t one(uint32_t key) { return uint32_t(key != 0); }
+#if ACTZIP_AVX2_PASSES
+  ACTZIP_TARGET_AVX2 static uint32_t eight(__m256i k) {
+    return ~movemask32(_mm256_cmpeq_epi32(k, _mm256_setzero_si256())) & 0xFFu;
+  }
+#endif
+};
+
+#if ACTZIP_AVX2_PASSES
+// Whole groups of eight; returns the values kept and sets *done.
+template <class Keep>
+ACTZIP_TARGET_AVX2 uint32_t compact_avx2(const uint32_t* keys, uint32_t n, uint32_t* values, uint8_t* bits,
+                                         uint32_t* done) {
   uint32_t t = 0, i0 = 0;
   for (; i0 + 8 <= n; i0 += 8) {
-    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(values + i0));
-    const uint32_t m = ~movemask32(_mm256_cmpeq_epi32(v, _mm256_setzero_si256())) & 0xFFu;
-    const __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(kPermute.compress[m]));
-    // As in compact_coded_avx2: the lanes past the kept ones land on positions not yet read
-    // only within this group, which is already loaded.
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(values + t), _mm256_permutevar8x32_epi32(v, perm));
-    t += uint32_t(_mm_popcnt_u32(m));
-    map_bytes[i0 / 8] = uint8_t(m);
-  }
-  *done = i0;
-  return t;
-}
-#endif
-}  // namespace
-
-uint32_t compact_nonzero(uint32_t* values, uint32_t n, uint8_t* __restrict map_bytes) {
-  uint32_t t = 0, i0 = 0;
-#if ACTZIP_AVX2_PASSES
-  if (avx2_passes) t = compact_nonzero_avx2(values, n, map_bytes, &i0);
-#endif
-  for (; i0 < n; i0 += 8) {
-    const uint32_t m = std::min<uint32_t>(8, n - i0);
-    uint32_t byte = 0;
-    for (uint32_t b = 0; b < m; ++b) {
-      const uint32_t v = values[i0 + b];
-      const uint32_t kept = uint32_t(v != 0);
-      values[t] = v;  // t <= i0 + b: in place is safe
-      t += kept;
-      byte |= kept << b;
-    }
-    map_bytes[i0 / 8] = uint8_t(byte);
-  }
-  return t;
-}
-
-namespace {
-#if ACTZIP_AVX2_PASSES
-// Whole groups of eight elements; returns the elements kept and sets *done.
-ACTZIP_TARGET_AVX2 uint32_t compact_coded_avx2(const int32_t* codes, uint32_t n, uint32_t* values,
-                                               uint8_t* mask_bytes, uint32_t* done) {
-  uint32_t t = 0, i0 = 0;
-  const __m256i outlier = _mm256_set1_epi32(kOutlierCode), zero = _mm256_setzero_si256();
-  for (; i0 + 8 <= n; i0 += 8) {
-    const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + i0));
-    const __m256i uncoded = _mm256_or_si256(_mm256_cmpeq_epi32(c, zero), _mm256_cmpeq_epi32(c, outlier));
-    const uint32_t m = ~movemask32(uncoded) & 0xFFu;
+    const uint32_t m = Keep::eight(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(keys + i0)));
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(values + i0));
     const __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(kPermute.compress[m]));
     // Lanes past the kept ones land at t + popcount(m) .. t + 7 <= i0 + 7: this group's own
     // positions, already loaded, or earlier ones rewritten by the next groups.
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(values + t), _mm256_permutevar8x32_epi32(v, perm));
     t += uint32_t(_mm_popcnt_u32(m));
-    mask_bytes[i0 / 8] = uint8_t(m);
+    bits[i0 / 8] = uint8_t(m);
   }
   *done = i0;
   return t;
 }
 #endif
-}  // namespace
 
-uint32_t compact_coded(const int32_t* __restrict codes, uint32_t n, uint32_t* values, uint8_t* __restrict mask_bytes) {
-  uint32_t t = 0;
-  uint32_t i0 = 0;
+template <class Keep>
+uint32_t compact(const uint32_t* keys, uint32_t n, uint32_t* values, uint8_t* __restrict bits) {
+  uint32_t t = 0, i0 = 0;
 #if ACTZIP_AVX2_PASSES
-  if (avx2_passes) t = compact_coded_avx2(codes, n, values, mask_bytes, &i0);
+  if (avx2_passes) t = compact_avx2<Keep>(keys, n, values, bits, &i0);
 #endif
   for (; i0 < n; i0 += 8) {
     const uint32_t m = std::min<uint32_t>(8, n - i0);
     uint32_t byte = 0;
     for (uint32_t b = 0; b < m; ++b) {
-      const uint32_t coded = is_coded_code(codes[i0 + b]);
+      const uint32_t kept = Keep::one(keys[i0 + b]);
       values[t] = values[i0 + b];  // t <= i0 + b: in place is safe
-      t += coded;
-      byte |= coded << b;
+      t += kept;
+      byte |= kept << b;
     }
-    mask_bytes[i0 / 8] = uint8_t(byte);
+    bits[i0 / 8] = uint8_t(byte);
   }
   return t;
+}
+}  // namespace
+
+uint32_t compact_nonzero(uint32_t* values, uint32_t n, uint8_t* map_bytes) {
+  return compact<KeepNonzero>(values, n, values, map_bytes);
+}
+
+uint32_t compact_coded(const int32_t* codes, uint32_t n, uint32_t* values, uint8_t* mask_bytes) {
+  return compact<KeepCoded>(reinterpret_cast<const uint32_t*>(codes), n, values, mask_bytes);
 }
 
 namespace {

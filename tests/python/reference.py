@@ -359,6 +359,17 @@ def _read_lengths(buf: bytes, pos: int, count: int, what: str) -> List[int]:
     return lengths
 
 
+def _read_book(buf: bytes, pos: int, name: str, limit: int) -> Tuple[List[int], int]:
+    """A codebook's symbol count (at most limit) and nibble-packed lengths at pos; returns
+    the lengths and the position after them."""
+    _need(buf, pos, 2, f"{name}_symbols")
+    count = _u16(buf, pos)
+    pos += 2
+    if count > limit:
+        raise FormatError(f"more than {limit} {name} symbols")
+    return _read_lengths(buf, pos, count, f"{name} codebook"), pos + (count + 1) // 2
+
+
 def parse_header(buf: bytes) -> Header:
     buf = bytes(buf)
     _need(buf, 0, 40, "the fixed header")
@@ -398,29 +409,11 @@ def parse_header(buf: bytes) -> Header:
     numel = math.prod(shape)
     if numel >= 2**48:
         raise FormatError("2^48 elements or more")
-    _need(buf, pos, 2, "mask_symbols")
-    mask_symbols = _u16(buf, pos)
-    pos += 2
-    if mask_symbols > 256:
-        raise FormatError("more than 256 mask symbols")
-    mask_lengths = _read_lengths(buf, pos, mask_symbols, "mask codebook")
-    pos += (mask_symbols + 1) // 2
-    _need(buf, pos, 2, "code_symbols")
-    code_symbols = _u16(buf, pos)
-    pos += 2
-    if code_symbols > (1 << k) + 25 - k:
-        raise FormatError("too many code symbols")
-    code_lengths = _read_lengths(buf, pos, code_symbols, "code codebook")
-    pos += (code_symbols + 1) // 2
+    mask_lengths, pos = _read_book(buf, pos, "mask", 256)
+    code_lengths, pos = _read_book(buf, pos, "code", (1 << k) + 25 - k)
     zmap_lengths = []
     if version >= 2:  # version 1 has no zero-map codebook: the padding follows
-        _need(buf, pos, 2, "zmap_symbols")
-        zmap_symbols = _u16(buf, pos)
-        pos += 2
-        if zmap_symbols > 256:
-            raise FormatError("more than 256 zero-map symbols")
-        zmap_lengths = _read_lengths(buf, pos, zmap_symbols, "zero-map codebook")
-        pos += (zmap_symbols + 1) // 2
+        zmap_lengths, pos = _read_book(buf, pos, "zmap", 256)
     _need(buf, pos, pad8(pos) - pos, "padding")
     if any(buf[pos:pad8(pos)]):
         raise FormatError("non-zero header padding")
