@@ -289,9 +289,9 @@ inline void range_loop(const T* __restrict x, uint32_t n, int32_t* lo, int32_t* 
   *lo = mn;
   *hi = mx;
 }
-ACTZIP_MULTIVERSION void range_f32(const float* x, uint32_t n, int32_t* lo, int32_t* hi) { range_loop<1>(x, n, lo, hi); }
-ACTZIP_MULTIVERSION void range_f16(const uint16_t* x, uint32_t n, int32_t* lo, int32_t* hi) { range_loop<2>(x, n, lo, hi); }
-ACTZIP_MULTIVERSION void range_bf16(const uint16_t* x, uint32_t n, int32_t* lo, int32_t* hi) { range_loop<3>(x, n, lo, hi); }
+ACTZIP_MULTIVERSION_WIDE void range_f32(const float* x, uint32_t n, int32_t* lo, int32_t* hi) { range_loop<1>(x, n, lo, hi); }
+ACTZIP_MULTIVERSION_WIDE void range_f16(const uint16_t* x, uint32_t n, int32_t* lo, int32_t* hi) { range_loop<2>(x, n, lo, hi); }
+ACTZIP_MULTIVERSION_WIDE void range_bf16(const uint16_t* x, uint32_t n, int32_t* lo, int32_t* hi) { range_loop<3>(x, n, lo, hi); }
 
 // The finite minimum and maximum of a chunk (+Inf and -Inf when it has no finite element).
 template <int kDT>
