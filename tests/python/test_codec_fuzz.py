@@ -107,9 +107,17 @@ def _image_with_signs() -> torch.Tensor:
     return x.to(torch.float32)
 
 
+def _smooth_with_zero_maps() -> torch.Tensor:
+    """A smooth field of 8 chunks in rows of 128 with a band of zeros: 2-D Lorenzo chunks
+    with zero maps, masks and sign bits."""
+    x = torch.outer(torch.linspace(-1, 1, 1024), torch.linspace(0, 3, 128)).sin().reshape(8, 128, 128)
+    x[:, 40:44, :] = 0.0
+    return x.to(torch.float32)
+
+
 def _seed_streams(folder: Path) -> None:
     """Small streams covering every chunk kind, every predictor, masks, outliers, sign
-    streams and checksums."""
+    streams, zero maps and checksums."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(20000, generator=g)
     relu = torch.clamp(x, min=0)
@@ -122,7 +130,9 @@ def _seed_streams(folder: Path) -> None:
         actzip.compress(torch.zeros(17000), 1e-3),                          # zero chunks
         actzip.compress(x[:300], 1e-30),                                    # raw chunk
         actzip.compress(_image_with_signs(), 1e-2),                         # 2-D Lorenzo, sign streams
+        actzip.compress(_smooth_with_zero_maps(), 1e-2, mode="rel"),        # zero maps
     ]
+    assert tensors[-1].stats["zero_map_chunks"] > 0
     for i, ct in enumerate(tensors):
         (folder / f"seed_{i}.azip").write_bytes(ct.to_bytes())
 
