@@ -85,6 +85,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"actzip {_version()}")
         print(f"torch {torch.__version__}; CUDA available: {torch.cuda.is_available()}")
         print(f"codec backends: {', '.join(codec.backends())}; threads: {codec.get_num_threads()}")
+        from . import _core
+
+        version = int(_core.FORMAT_VERSION)
+        print(f"stream format: writes version {version}, reads versions 1 to {version}")
         return 0
     parser.print_help()
     return 1

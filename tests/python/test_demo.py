@@ -91,3 +91,5 @@ def test_python_dash_m_actzip_runs_the_command_line():
     )
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.startswith("actzip ")
+    # Users holding saved streams need to know which format versions this build reads.
+    assert "stream format: writes version 2, reads versions 1 to 2" in completed.stdout
