@@ -51,21 +51,22 @@ enum SampleCounter : int {
   kCountZmap = 6,       // a zero-map byte of the value without prediction; + 1: 1-D Lorenzo; + 2: 2-D
 };
 
-// Collects a sample run's zero-map bytes under one predictor: a bit per coded value (1: not
-// 0), eight to a byte; the run's last byte counts as far as it is filled.
-struct ZmapBytes {
+// Packs zero-map bits (1: the coded value is not 0) eight to a byte, least significant
+// first, and hands each byte to `emit`; finish() emits a last byte as far as it is filled.
+// The encoder's maps (LaneDealer) and the sample's map bytes are made by it alike.
+struct ZeroMapBytes {
   uint32_t byte = 0, filled = 0;
-  template <class Count>
-  ACTZIP_HD void add(bool nonzero, int what, Count& count) {
+  template <class Emit>
+  ACTZIP_HD void add(bool nonzero, Emit emit) {
     byte |= uint32_t(nonzero) << filled;
     if (++filled == 8) {
-      count(what, byte);
+      emit(byte);
       byte = filled = 0;
     }
   }
-  template <class Count>
-  ACTZIP_HD void finish(int what, Count& count) {
-    if (filled) count(what, byte);
+  template <class Emit>
+  ACTZIP_HD void finish(Emit emit) {
+    if (filled) emit(byte);
   }
 };
 
@@ -81,7 +82,8 @@ ACTZIP_HD void sample_run(const int32_t* codes, uint32_t context, uint32_t n, ui
   int32_t prev = 0;
   uint32_t mask_byte = 0;
   uint32_t col = col0;
-  ZmapBytes zmap[3];
+  ZeroMapBytes zmap[3];  // a run's map bytes under each predictor
+  auto map_count = [&](int p) { return [&count, p](uint32_t byte) { count(kCountZmap + p, byte); }; };
   for (uint32_t j = 0; j < n; ++j) {
     const int32_t c = codes[context + j];
     if (c != 0 && c != kOutlierCode) {
@@ -89,8 +91,8 @@ ACTZIP_HD void sample_run(const int32_t* codes, uint32_t context, uint32_t n, ui
       const uint32_t u_none = code_to_u(c), u_lor = zigzag(q - prev);
       count(kCountNone, fine_bin(u_none));
       count(kCountLorenzo, fine_bin(u_lor));
-      zmap[0].add(u_none != 0, kCountZmap, count);
-      zmap[1].add(u_lor != 0, kCountZmap + 1, count);
+      zmap[0].add(u_none != 0, map_count(0));
+      zmap[1].add(u_lor != 0, map_count(1));
       if (q == 0) count(kCountSign, 0u);
       if (row) {
         // Positions relative to the window, which starts `first - context` into the chunk.
@@ -103,7 +105,7 @@ ACTZIP_HD void sample_run(const int32_t* codes, uint32_t context, uint32_t n, ui
         p = p > kMaxQ ? kMaxQ : (p < -kMaxQ ? -kMaxQ : p);
         const uint32_t u_2d = zigzag(q - p);
         count(kCountLorenzo2D, fine_bin(u_2d));
-        zmap[2].add(u_2d != 0, kCountZmap + 2, count);
+        zmap[2].add(u_2d != 0, map_count(2));
       }
       prev = q;
       mask_byte |= 1u << (j & 7);
@@ -115,7 +117,7 @@ ACTZIP_HD void sample_run(const int32_t* codes, uint32_t context, uint32_t n, ui
     }
     if (row && ++col == row) col = 0;
   }
-  for (int p = 0; p < (row ? 3 : 2); ++p) zmap[p].finish(kCountZmap + p, count);
+  for (int p = 0; p < (row ? 3 : 2); ++p) zmap[p].finish(map_count(p));
 }
 
 // Where sample run r of a chunk of `elems` elements starts. Run r lies in the r-th stretch
@@ -318,20 +320,17 @@ struct EncodeBooks {
 // map carries it.
 struct LaneDealer {
   bool zero_map;
-  uint32_t map_byte = 0, map_fill = 0, carried = 0;
+  ZeroMapBytes map;
+  uint32_t carried = 0;
   template <class PutMap>
   ACTZIP_HD int lane(uint32_t t, uint32_t v, PutMap put_map) {
     if (!zero_map) return int(t % kCodeLanes);
-    map_byte |= uint32_t(v != 0) << map_fill;
-    if (++map_fill == 8) {
-      put_map(map_byte);
-      map_byte = map_fill = 0;
-    }
+    map.add(v != 0, put_map);
     return v != 0 ? int(carried++ % kCodeLanes) : -1;
   }
   template <class PutMap>
   ACTZIP_HD void finish(PutMap put_map) {
-    if (zero_map && map_fill) put_map(map_byte);
+    if (zero_map) map.finish(put_map);
   }
 };
 
@@ -562,7 +561,7 @@ ACTZIP_HD void write_chunk(const void* data, uint64_t numel, uint32_t chunk, con
                    nullptr,
                    nullptr,
                    L.mask_bytes != 0,
-                   LaneDealer{(L.flags & kChunkZeroMap) != 0}};
+                   LaneDealer{(L.flags & kChunkZeroMap) != 0, ZeroMapBytes{}}};
   if (L.code_bytes) {
     for (uint32_t l = 0; l < kCodeLanes; ++l) put_u32(code + 4 * l, L.lane_bytes[l]);
     put_u32(code + 4 * kCodeLanes, L.sign_bytes);
@@ -632,7 +631,7 @@ enum DecodeError : uint32_t {
   kErrNoCodeBook,        // codes but no code codebook
   kErrCodeSection,       // the code section does not fit the coded elements
   kErrLaneLength,        // a lane length is invalid
-  kErrReserved,          // a non-zero reserved field
+  kErrZmapWithoutFlag,   // a zero-map length (version 1: a reserved field) without a zero map
   kErrSignSection,       // the sign stream does not fill the code section, or is not allowed
   kErrCode,              // an invalid code
   kErrLaneFit,           // a lane's length does not match its symbols
@@ -660,7 +659,7 @@ inline const char* decode_error_text(uint32_t e) {
     case kErrNoCodeBook: return "codes but the stream has no codebook";
     case kErrCodeSection: return "code section does not fit the coded elements";
     case kErrLaneLength: return "a code lane has an invalid length";
-    case kErrReserved: return "non-zero reserved field";
+    case kErrZmapWithoutFlag: return "a zero-map length without a zero map";
     case kErrSignSection: return "invalid sign stream";
     case kErrCode: return "invalid code";
     case kErrLaneFit: return "code lane length mismatch";
@@ -841,7 +840,7 @@ ACTZIP_HD uint32_t decode_chunk_stream(const uint8_t* payload, const uint8_t* ch
   uint32_t sign_bytes = 0, zmap_bytes = 0;
   if (coded > 0) {
     zmap_bytes = get_u32(code + 4 * kCodeLanes + 4);
-    if (!zero_map && zmap_bytes != 0) return kErrReserved;
+    if (!zero_map && zmap_bytes != 0) return kErrZmapWithoutFlag;
     if (zmap_bytes % 8 != 0 || zmap_bytes > f.code_bytes - kLaneTableBytes) return kErrZmapLength;
     zr = BitReader(code + kLaneTableBytes, code + kLaneTableBytes + zmap_bytes);
     uint64_t at = kLaneTableBytes + zmap_bytes;

@@ -148,6 +148,14 @@ struct Books {
   }
 };
 
+// Huffman-codes n bytes (mask or zero-map bytes) with a byte codebook into out; returns the
+// bytes the bit stream fills (the rest of its pad8 section is zero padding).
+uint64_t encode_byte_stream(const HuffmanEncoder& book, const uint8_t* bytes, uint32_t n, uint8_t* out) {
+  FastBitWriter w(out);
+  for (uint32_t j = 0; j < n; ++j) w.put(book.code[bytes[j]], book.len[bytes[j]]);
+  return w.flush();
+}
+
 // Classifies and encodes one chunk into cp->bytes.
 template <int kDT>
 Status encode_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const Quantizer& qz, const Books& books,
@@ -211,13 +219,7 @@ Status encode_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const Q
       if (zero_map) {
         // The zero map, and only the values that are not 0 left in u for the lanes.
         carried = compact_nonzero(u, coded, sc.zmap_bytes.data());
-        FastBitWriter zmap_w(sc.zmap.data());
-        const uint32_t nbytes = (coded + 7) / 8;
-        for (uint32_t j = 0; j < nbytes; ++j) {
-          const uint8_t b = sc.zmap_bytes[j];
-          zmap_w.put(books.zmap.code[b], books.zmap.len[b]);
-        }
-        zmap_fill = zmap_w.flush();
+        zmap_fill = encode_byte_stream(books.zmap, sc.zmap_bytes.data(), (coded + 7) / 8, sc.zmap.data());
         zmap_len = pad8(zmap_fill);
       }
       // Carried value t goes to lane t % kCodeLanes, so a decoder follows the lanes at once.
@@ -229,12 +231,7 @@ Status encode_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const Q
         code_len += lane_bytes[l];
       }
     }
-    if (has_mask) {
-      FastBitWriter mask_w(sc.mask.data());
-      const uint32_t nbytes = (elems + 7) / 8;
-      for (uint32_t j = 0; j < nbytes; ++j) mask_w.put(books.mask.code[mask_bytes[j]], books.mask.len[mask_bytes[j]]);
-      mask_len = mask_w.flush();
-    }
+    if (has_mask) mask_len = encode_byte_stream(books.mask, mask_bytes, (elems + 7) / 8, sc.mask.data());
     ch.code_bytes = uint32_t(pad8(code_len));
     ch.mask_bytes = uint32_t(pad8(mask_len));
     ChunkHeader raw;
@@ -645,7 +642,6 @@ inline uint32_t popcount_bytes(const uint8_t* p, uint32_t n) {
 struct DecodeScratch {
   // The coded elements' values (8 elements of slack: expand_coded reads 8 at a time).
   std::vector<uint32_t> u = std::vector<uint32_t>(kChunkElems + 8);
-  std::vector<uint32_t> carried = std::vector<uint32_t>(kChunkElems + 8);  // the lanes' values, with a zero map
   std::vector<uint32_t> w = std::vector<uint32_t>(kChunkElems);     // per element (passes.h)
   std::vector<int32_t> grid = std::vector<int32_t>(kGridPad + kChunkElems);  // q, after kGridPad elements
 };
@@ -705,7 +701,7 @@ Status decode_chunk(const uint8_t* payload, const Header& h, const Decoders& dec
   const bool lorenzo2d = ch.flags & kChunkLorenzo2D;
   const bool zero_map = ch.flags & kChunkZeroMap;
   const uint32_t mask_len = (elems + 7) / 8;
-  uint8_t mask[kChunkElems / 8 + 4];  // + 4: decode_byte_stream stores four bytes at a time
+  uint8_t mask[kChunkElems / 8];
   uint32_t coded = elems;
   if (has_mask) {
     if (h.mask_lengths.empty()) return format_error("chunk %u has a mask but the stream has no mask codebook", c);
@@ -739,7 +735,7 @@ Status decode_chunk(const uint8_t* payload, const Header& h, const Decoders& dec
       if (zmap_bytes % 8 != 0 || zmap_bytes > ch.code_bytes - kLaneTableBytes)
         return format_error("chunk %u: the zero map has an invalid length", c);
       uint32_t carried = coded;
-      uint8_t zmap[kChunkElems / 8 + 4];
+      uint8_t zmap[kChunkElems / 8];
       if (zero_map) {
         if (h.zmap_lengths.empty()) return format_error("chunk %u has a zero map but the stream has no map codebook", c);
         const uint32_t zmap_len = (coded + 7) / 8;
@@ -772,7 +768,9 @@ Status decode_chunk(const uint8_t* payload, const Header& h, const Decoders& dec
           BitReader(lane0 + lane_bytes[0] + lane_bytes[1], lane0 + lane_bytes[0] + lane_bytes[1] + lane_bytes[2]),
           BitReader(lane0 + lane_bytes[0] + lane_bytes[1] + lane_bytes[2],
                     lane0 + lane_bytes[0] + lane_bytes[1] + lane_bytes[2] + lane_bytes[3])};
-      uint32_t* values = zero_map ? sc.carried.data() : u;
+      // With a zero map the lanes' values go to w (not used before prediction is inverted)
+      // and are spread over the coded elements in u.
+      uint32_t* values = zero_map ? sc.w.data() : u;
       const bool valid = huffman_decode_lanes(table, dec.use_pairs() ? dec.code_pairs.data() : nullptr, dec.max_bits, r,
                                               carried, values);
       if (!valid) return format_error("chunk %u: invalid code", c);

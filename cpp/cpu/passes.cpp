@@ -221,7 +221,7 @@ inline uint64_t gather_bits64(uint64_t value, uint64_t mask) {
 static_assert(sizeof(SampleTally::run_bits) / sizeof(SampleTally::RunBits) == kSampleRuns, "a RunBits per run");
 
 void sampled_zmap_bytes(const SampleTally& tally, uint32_t slot, uint64_t* hist) {
-  // As chunk.h's ZmapBytes: eight coded values to a byte, a run's last byte as far as filled.
+  // As chunk.h's ZeroMapBytes: eight coded values to a byte, a run's last byte as far as filled.
   for (uint32_t r = 0; r < tally.runs && r < kSampleRuns; ++r) {
     const uint64_t bits = tally.run_bits[r].nonzero[slot];
     const uint32_t coded = tally.run_bits[r].coded;

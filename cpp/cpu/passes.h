@@ -171,7 +171,8 @@ uint32_t max_value_bits(const uint32_t* table);
 void expand_coded(const uint32_t* values, const uint8_t* mask, uint32_t n, uint32_t* grid);
 
 // The same with 0 where the bit is clear: a zero map's carried values spread over the coded
-// elements. `values` needs 8 readable elements past the last one used; out must not alias it.
+// elements. `values` is read eight at a time, so it needs room for n elements however few
+// it holds; out must not alias it.
 void expand_nonzero(const uint32_t* values, const uint8_t* map, uint32_t n, uint32_t* out);
 
 // True when some u[i] (not kUncodedValue) exceeds the largest valid unpredicted value.

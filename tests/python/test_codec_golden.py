@@ -35,40 +35,32 @@ def test_manifest_lists_every_file_in_the_golden_folder():
     assert MANIFEST["format_version"] == actzip._core.FORMAT_VERSION
 
 
-@pytest.mark.parametrize("name", sorted(MANIFEST["golden"]))
-def test_golden_stream_decodes_to_its_known_hash(name):
-    entry = MANIFEST["golden"][name]
-    stream = (GOLDEN_DIR / entry["file"]).read_bytes()
-    assert _sha256(stream) == entry["stream_sha256"], "the golden file itself changed"
-    ct = actzip.CompressedTensor.from_bytes(stream)
-    assert list(ct.shape) == entry["shape"]
-    assert ct.dtype == getattr(torch, entry["dtype"])
-    decoded = actzip.decompress(ct)
-    assert _sha256(make_golden.tensor_bytes(decoded)) == entry["decoded_sha256"]
-    # The reference decoder of docs/FORMAT.md reads it the same way.
-    _, bits = ref.decode(stream)
-    assert _sha256(bits.tobytes()) == entry["decoded_sha256"]
+# Streams of this encoder (format version 2), and those the version-1 encoder wrote for the
+# same inputs: every decoder reads both, to the same values.
+DECODABLE = [("golden", n, 2) for n in sorted(MANIFEST["golden"])] + [
+    ("version1", n, 1) for n in sorted(MANIFEST["version1"])
+]
 
 
 def test_version_1_streams_are_kept_for_golden_inputs():
     assert MANIFEST["version1"] and set(MANIFEST["version1"]) <= set(MANIFEST["golden"])
 
 
-@pytest.mark.parametrize("name", sorted(MANIFEST["version1"]))
-def test_version_1_stream_still_decodes_to_its_known_hash(name):
-    # Streams written by the version-1 encoder: every decoder reads them, to the values the
-    # version-2 stream of the same input decodes to.
-    entry = MANIFEST["version1"][name]
+@pytest.mark.parametrize("section, name, version", DECODABLE, ids=[f"{s}-{n}" for s, n, _ in DECODABLE])
+def test_golden_stream_decodes_to_its_known_hash(section, name, version):
+    entry = MANIFEST[section][name]
     stream = (GOLDEN_DIR / entry["file"]).read_bytes()
     assert _sha256(stream) == entry["stream_sha256"], "the golden file itself changed"
-    assert struct.unpack_from("<H", stream, 4)[0] == 1
+    assert struct.unpack_from("<H", stream, 4)[0] == version
     ct = actzip.CompressedTensor.from_bytes(stream)
     assert list(ct.shape) == entry["shape"]
+    assert ct.dtype == getattr(torch, entry["dtype"])
     decoded = actzip.decompress(ct)
     assert _sha256(make_golden.tensor_bytes(decoded)) == entry["decoded_sha256"]
     assert entry["decoded_sha256"] == MANIFEST["golden"][name]["decoded_sha256"]
+    # The reference decoder of docs/FORMAT.md reads it the same way.
     h, _ = ref.read_stream(stream)
-    assert h.version == 1 and h.zmap_lengths == []
+    assert h.version == version and (version >= 2 or h.zmap_lengths == [])
     _, bits = ref.decode(stream)
     assert _sha256(bits.tobytes()) == entry["decoded_sha256"]
 
