@@ -63,6 +63,11 @@ struct PyPlan {
   std::unique_ptr<actzip::CompressPlan> plan;
 };
 
+// A plan's choices (predictors and codebooks), for plan_compress(reuse=...).
+struct PyChoices {
+  std::shared_ptr<const actzip::CompressChoices> choices;
+};
+
 py::dict stats_dict(const actzip::CompressStats& s) {
   py::dict d;
   d["zeros"] = s.zeros;
@@ -73,6 +78,7 @@ py::dict stats_dict(const actzip::CompressStats& s) {
   d["lorenzo_chunks"] = s.lorenzo_chunks;
   d["lorenzo2d_chunks"] = s.lorenzo2d_chunks;
   d["zero_map_chunks"] = s.zero_map_chunks;
+  d["sampled_chunks"] = s.sampled_chunks;
   return d;
 }
 
@@ -248,8 +254,14 @@ PYBIND11_MODULE(_core, m) {
 #define ACTZIP_STR(x) ACTZIP_STR2(x)
   m.attr("__version__") = ACTZIP_STR(ACTZIP_VERSION_INFO);
 
+  py::class_<PyChoices>(m, "CompressChoices")
+      .def_property_readonly("dtype", [](const PyChoices& c) { return int(c.choices->dtype()); })
+      .def_property_readonly("shape", [](const PyChoices& c) { return c.choices->shape(); })
+      .def_property_readonly("quant_step", [](const PyChoices& c) { return c.choices->quant_step(); });
+
   py::class_<PyPlan>(m, "CompressPlan")
       .def_property_readonly("compressed_bytes", [](const PyPlan& p) { return p.plan->compressed_bytes(); })
+      .def_property_readonly("choices", [](const PyPlan& p) { return PyChoices{p.plan->choices()}; })
       .def_property_readonly("error_bound", [](const PyPlan& p) { return p.plan->error_bound(); })
       .def_property_readonly("stats", [](const PyPlan& p) { return stats_dict(p.plan->stats()); })
       .def(
@@ -269,7 +281,7 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "plan_compress",
       [](const py::buffer& data, int dtype, const std::vector<uint64_t>& shape, double error_bound,
-         const std::string& mode, bool checksum, int num_threads) {
+         const std::string& mode, bool checksum, int num_threads, const PyChoices* reuse) {
         const ByteView input = contiguous_view(data, "data", false);
         auto p = std::make_unique<PyPlan>();
         actzip::CompressOptions opt;
@@ -279,6 +291,7 @@ PYBIND11_MODULE(_core, m) {
         else throw py::value_error("mode must be 'abs' or 'rel'");
         opt.payload_checksum = checksum;
         opt.num_threads = num_threads;
+        if (reuse) opt.reuse = reuse->choices;
         const actzip::DType dt = to_dtype(dtype);
         uint64_t numel = 1;
         for (uint64_t d : shape) numel *= d;
@@ -294,8 +307,9 @@ PYBIND11_MODULE(_core, m) {
         return p;
       },
       py::arg("data"), py::arg("dtype"), py::arg("shape"), py::arg("error_bound"), py::arg("mode") = "abs",
-      py::arg("checksum") = false, py::arg("num_threads") = 1,
-      "Phase 1 of compression: encodes the whole stream and tells its size.");
+      py::arg("checksum") = false, py::arg("num_threads") = 1, py::arg("reuse") = nullptr,
+      "Phase 1 of compression: encodes the whole stream and tells its size. `reuse`: the\n"
+      "choices of an earlier plan of the same shape and dtype, used instead of sampling.");
 
   m.def(
       "read_info",

@@ -1,8 +1,8 @@
 // The CPU backend: worker threads over the fixed-size chunks of docs/FORMAT.md.
 //
-// plan_compress() samples every chunk to choose its predictor and the tensor's codebooks,
-// then classifies each element once and encodes each chunk into a buffer of the plan's
-// (the plan holds about the compressed size). encode() copies the chunks to their final
+// plan_compress() samples every chunk to choose its predictor and the tensor's codebooks
+// (or takes both from CompressOptions::reuse), then classifies each element once and
+// encodes each chunk into a buffer of the plan's (the plan holds about the compressed size). encode() copies the chunks to their final
 // offsets in the caller's buffer. The bytes depend only on the input and the bound, never
 // on the thread count.
 #include <algorithm>
@@ -305,9 +305,26 @@ void finite_range_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, flo
 
 }  // namespace
 
+struct CompressChoices::Impl {
+  DType dtype = DType::kFloat32;
+  std::vector<uint64_t> shape;
+  float quant_step = 0;
+  std::vector<uint8_t> predictors;  // per chunk: its predictor's flag | kChunkZeroMap
+  int direct_log2 = 0;
+  std::vector<uint8_t> code_lengths, mask_lengths, zmap_lengths;
+  Books books;  // built from the lengths, packed, with the shape's 2-D row
+};
+
+CompressChoices::CompressChoices(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+CompressChoices::~CompressChoices() = default;
+DType CompressChoices::dtype() const { return impl_->dtype; }
+const std::vector<uint64_t>& CompressChoices::shape() const { return impl_->shape; }
+float CompressChoices::quant_step() const { return impl_->quant_step; }
+
 struct CompressPlan::Impl {
   Header header;
   std::vector<ChunkPlan> chunks;
+  std::shared_ptr<const CompressChoices> choices;
   std::vector<uint8_t> header_buf;
   CompressStats stats;
   uint64_t total_bytes = 0;
@@ -318,6 +335,90 @@ CompressPlan::~CompressPlan() = default;
 uint64_t CompressPlan::compressed_bytes() const { return impl_->total_bytes; }
 double CompressPlan::error_bound() const { return impl_->header.error_bound; }
 const CompressStats& CompressPlan::stats() const { return impl_->stats; }
+std::shared_ptr<const CompressChoices> CompressPlan::choices() const { return impl_->choices; }
+
+namespace {
+
+// Sampling pass: kSampleElems elements of every chunk choose its predictor and feed the
+// tensor's histograms, from which the codebooks are built.
+Status sample_choices(const uint8_t* bytes, const Header& h, const Quantizer& qz, int threads,
+                      std::shared_ptr<const CompressChoices>* out) {
+  const DType dtype = h.dtype;
+  const uint64_t numel = h.numel;
+  const uint32_t nchunks = h.num_chunks;
+  auto ci = std::make_unique<CompressChoices::Impl>();
+  ci->dtype = dtype;
+  ci->shape = h.shape;
+  ci->quant_step = h.quant_step;
+  ci->predictors.assign(nchunks, 0);
+  std::vector<uint64_t> fine(kFineAlphabet, 0), mask(256, 0), zmap(256, 0);
+  {
+    std::vector<std::vector<uint64_t>> part_fine, part_mask, part_zmap;
+    part_fine.assign(size_t(threads), std::vector<uint64_t>(kFineAlphabet, 0));
+    part_mask.assign(size_t(threads), std::vector<uint64_t>(256, 0));
+    part_zmap.assign(size_t(threads), std::vector<uint64_t>(256, 0));
+    const uint32_t row = grid_row(h.shape);
+    const float* nlog2n = nlog2n_table().data();
+    Status s = for_each_chunk(nchunks, threads, [&](uint32_t c, int slot) {
+      thread_local SampleTally tally;
+      tally.clear();
+      uint64_t* mask_part = part_mask[size_t(slot)].data();
+      int32_t window[kSampleWindow];
+      const uint32_t elems = chunk_elem_count(numel, c);
+      const uint64_t chunk_begin = uint64_t(c) * kChunkElems;
+      const uint32_t runs = sample_runs(elems);
+      for (uint32_t r = 0; r < runs; ++r) {
+        const SampleRunSpan sp = sample_run_span(elems, r, row);
+        const uint64_t from = chunk_begin + sp.first - sp.context;
+        // With a full row of context, the run reads only its upper neighbours (window
+        // positions 0 .. n) and its left one: the rest of a long row is left unclassified.
+        const uint32_t skip_from = sp.context == row + 1 && row > sp.n + 1 ? sp.n + 1 : sp.context + sp.n;
+        const uint32_t skip_to = skip_from < sp.context ? row : skip_from;
+        dispatch_dtype(dtype, [&](auto dt) {
+          classify_chunk<decltype(dt)::value>(bytes, from, skip_from, qz, window);
+          classify_chunk<decltype(dt)::value>(bytes, from + skip_to, sp.context + sp.n - skip_to, qz, window + skip_to);
+        });
+        std::fill(window + skip_from, window + skip_to, 0);
+        const uint32_t col0 = row ? uint32_t((chunk_begin + sp.first) % row) : 0;
+        sample_run_counts(window, sp.context, sp.n, sp.first, col0, row, &tally, mask_part);
+      }
+      const uint32_t* chosen = nullptr;
+      const uint8_t predictor = choose_sampled_predictor(tally, row != 0, nlog2n, &chosen);
+      const bool zero_map = choose_zero_map(chosen, tally.coded, nchunks);
+      ci->predictors[c] = uint8_t(predictor | (zero_map ? kChunkZeroMap : 0));
+      // The tensor's histograms: the values the lanes carry (a mapped chunk's zeros are in
+      // its map), and the map bytes.
+      uint64_t* fine_part = part_fine[size_t(slot)].data();
+      for (uint32_t b = zero_map ? 1 : 0; b < kFineAlphabet; ++b) fine_part[b] += chosen[b];
+      if (zero_map) sampled_zmap_bytes(tally, predictor_slot(predictor), part_zmap[size_t(slot)].data());
+      return Status::Ok();
+    });
+    if (!s.ok()) return s;
+    for (int t = 0; t < threads; ++t) {
+      for (uint32_t b = 0; b < kFineAlphabet; ++b) fine[b] += part_fine[t][b];
+      for (uint32_t b = 0; b < 256; ++b) mask[b] += part_mask[t][b];
+      for (uint32_t b = 0; b < 256; ++b) zmap[b] += part_zmap[t][b];
+    }
+  }
+  CodeBooks code_books;
+  Status books_status = build_code_books(fine.data(), mask.data(), zmap.data(), &code_books);
+  if (!books_status.ok()) return books_status;
+  ci->direct_log2 = code_books.direct_log2;
+  ci->code_lengths = std::move(code_books.code_lengths);
+  ci->mask_lengths = std::move(code_books.mask_lengths);
+  ci->zmap_lengths = std::move(code_books.zmap_lengths);
+  Books& books = ci->books;
+  books.k = code_books.direct_log2;
+  books.row = grid_row(h.shape);
+  books.code = std::move(code_books.code);
+  books.mask = std::move(code_books.mask);
+  books.zmap = std::move(code_books.zmap);
+  books.pack();
+  *out = std::make_shared<const CompressChoices>(std::move(ci));
+  return Status::Ok();
+}
+
+}  // namespace
 
 Status plan_compress(const void* data, DType dtype, const std::vector<uint64_t>& shape, const CompressOptions& opt,
                      std::unique_ptr<CompressPlan>* out_plan) {
@@ -334,6 +435,8 @@ Status plan_compress(const void* data, DType dtype, const std::vector<uint64_t>&
     return invalid("error_bound must be a positive finite number");
   if (opt.mode != BoundMode::kAbs && opt.mode != BoundMode::kRel) return invalid("unknown bound mode");
   if (opt.num_threads < 1) return invalid("num_threads must be at least 1");
+  if (opt.reuse && (opt.reuse->dtype() != dtype || opt.reuse->shape() != shape))
+    return invalid("reuse: the choices were made for a tensor of another shape or dtype");
 
   auto impl = std::make_unique<CompressPlan::Impl>();
   Header& h = impl->header;
@@ -369,73 +472,21 @@ Status plan_compress(const void* data, DType dtype, const std::vector<uint64_t>&
   h.quant_step = quant_step_for(abs_bound);
   const Quantizer qz = make_quantizer(abs_bound, h.quant_step);
 
-  // Sampling pass: kSampleElems elements of every chunk choose its predictor and
-  // feed the tensor's histograms.
   impl->chunks.resize(nchunks);
-  std::vector<uint64_t> fine(kFineAlphabet, 0), mask(256, 0), zmap(256, 0);
-  {
-    std::vector<std::vector<uint64_t>> part_fine, part_mask, part_zmap;
-    const int threads = opt.num_threads;
-    part_fine.assign(size_t(threads), std::vector<uint64_t>(kFineAlphabet, 0));
-    part_mask.assign(size_t(threads), std::vector<uint64_t>(256, 0));
-    part_zmap.assign(size_t(threads), std::vector<uint64_t>(256, 0));
-    const uint32_t row = grid_row(shape);
-    const float* nlog2n = nlog2n_table().data();
-    Status s = for_each_chunk(nchunks, threads, [&](uint32_t c, int slot) {
-      thread_local SampleTally tally;
-      tally.clear();
-      uint64_t* mask_part = part_mask[size_t(slot)].data();
-      int32_t window[kSampleWindow];
-      const uint32_t elems = chunk_elem_count(numel, c);
-      const uint64_t chunk_begin = uint64_t(c) * kChunkElems;
-      const uint32_t runs = sample_runs(elems);
-      for (uint32_t r = 0; r < runs; ++r) {
-        const SampleRunSpan sp = sample_run_span(elems, r, row);
-        const uint64_t from = chunk_begin + sp.first - sp.context;
-        // With a full row of context, the run reads only its upper neighbours (window
-        // positions 0 .. n) and its left one: the rest of a long row is left unclassified.
-        const uint32_t skip_from = sp.context == row + 1 && row > sp.n + 1 ? sp.n + 1 : sp.context + sp.n;
-        const uint32_t skip_to = skip_from < sp.context ? row : skip_from;
-        dispatch_dtype(dtype, [&](auto dt) {
-          classify_chunk<decltype(dt)::value>(bytes, from, skip_from, qz, window);
-          classify_chunk<decltype(dt)::value>(bytes, from + skip_to, sp.context + sp.n - skip_to, qz, window + skip_to);
-        });
-        std::fill(window + skip_from, window + skip_to, 0);
-        const uint32_t col0 = row ? uint32_t((chunk_begin + sp.first) % row) : 0;
-        sample_run_counts(window, sp.context, sp.n, sp.first, col0, row, &tally, mask_part);
-      }
-      const uint32_t* chosen = nullptr;
-      const uint8_t predictor = choose_sampled_predictor(tally, row != 0, nlog2n, &chosen);
-      const bool zero_map = choose_zero_map(chosen, tally.coded, nchunks);
-      impl->chunks[c].predictor = uint8_t(predictor | (zero_map ? kChunkZeroMap : 0));
-      // The tensor's histograms: the values the lanes carry (a mapped chunk's zeros are in
-      // its map), and the map bytes.
-      uint64_t* fine_part = part_fine[size_t(slot)].data();
-      for (uint32_t b = zero_map ? 1 : 0; b < kFineAlphabet; ++b) fine_part[b] += chosen[b];
-      if (zero_map) sampled_zmap_bytes(tally, predictor_slot(predictor), part_zmap[size_t(slot)].data());
-      return Status::Ok();
-    });
+  if (opt.reuse) {
+    impl->choices = opt.reuse;
+  } else {
+    Status s = sample_choices(bytes, h, qz, opt.num_threads, &impl->choices);
     if (!s.ok()) return s;
-    for (int t = 0; t < threads; ++t) {
-      for (uint32_t b = 0; b < kFineAlphabet; ++b) fine[b] += part_fine[t][b];
-      for (uint32_t b = 0; b < 256; ++b) mask[b] += part_mask[t][b];
-      for (uint32_t b = 0; b < 256; ++b) zmap[b] += part_zmap[t][b];
-    }
+    impl->stats.sampled_chunks = nchunks;
   }
-  CodeBooks code_books;
-  Status books_status = build_code_books(fine.data(), mask.data(), zmap.data(), &code_books);
-  if (!books_status.ok()) return books_status;
-  h.direct_log2 = code_books.direct_log2;
-  h.code_lengths = code_books.code_lengths;
-  h.mask_lengths = code_books.mask_lengths;
-  h.zmap_lengths = code_books.zmap_lengths;
-  Books books;
-  books.k = code_books.direct_log2;
-  books.row = grid_row(shape);
-  books.code = std::move(code_books.code);
-  books.mask = std::move(code_books.mask);
-  books.zmap = std::move(code_books.zmap);
-  books.pack();
+  const CompressChoices::Impl& choices = impl->choices->impl();
+  for (uint32_t c = 0; c < nchunks; ++c) impl->chunks[c].predictor = choices.predictors[c];
+  h.direct_log2 = choices.direct_log2;
+  h.code_lengths = choices.code_lengths;
+  h.mask_lengths = choices.mask_lengths;
+  h.zmap_lengths = choices.zmap_lengths;
+  const Books& books = choices.books;
 
   // Main pass: classify and encode every chunk into its own buffer.
   Status s = for_each_chunk(nchunks, opt.num_threads, [&](uint32_t c, int /*slot*/) {

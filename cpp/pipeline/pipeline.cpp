@@ -284,6 +284,7 @@ Status assemble(const uint8_t* layouts, const TensorRef& x, BoundMode mode, doub
   CompressStats stats;
   bool any_mask = false, any_code = false, any_zmap = false;
   uint64_t end = 0;
+  stats.sampled_chunks = h.num_chunks;  // stage 2 samples every chunk
   for (uint32_t c = 0; c < h.num_chunks; ++c) {
     ChunkLayout L;
     std::memcpy(&L, layouts + uint64_t(c) * kLayoutBytes, sizeof L);

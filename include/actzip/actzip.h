@@ -57,11 +57,39 @@ size_t element_size(DType dtype);
 // produce (every chunk stored raw, the largest header, a payload checksum).
 uint64_t compress_bound(uint64_t numel, DType dtype, int ndim);
 
+// What plan_compress() chose for a tensor by sampling it: each chunk's predictor and
+// zero-map flag, and the codebooks. CompressOptions::reuse hands them to the compression
+// of a later tensor of the same shape and dtype (the same layer's activation at the next
+// training step, say), which then skips its sampling pass, about a fifth of the work.
+// Every choice is valid for any data (every symbol has a code), so the stream decodes
+// within its bound whatever the tensor holds; choices that no longer fit the data (after
+// the bound or the values moved) only cost size. Immutable, so sharing one is safe.
+class CompressChoices {
+ public:
+  ~CompressChoices();
+  CompressChoices(const CompressChoices&) = delete;
+  CompressChoices& operator=(const CompressChoices&) = delete;
+
+  DType dtype() const;
+  const std::vector<uint64_t>& shape() const;
+  float quant_step() const;  // the quantization step the choices were sampled at
+
+  struct Impl;
+  explicit CompressChoices(std::unique_ptr<Impl> impl);
+  const Impl& impl() const { return *impl_; }
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
 struct CompressOptions {
   double error_bound = 0;         // > 0 and finite; read as `mode` says
   BoundMode mode = BoundMode::kAbs;
   bool payload_checksum = false;  // append a CRC-32 of the payload
   int num_threads = 1;            // >= 1; chunks are spread over this many threads
+  // Choices from an earlier plan (CompressPlan::choices()) of a tensor of the same shape
+  // and dtype, used instead of sampling this one; null: sample.
+  std::shared_ptr<const CompressChoices> reuse;
 };
 
 // What a stream's header says, after validation.
@@ -89,6 +117,7 @@ struct CompressStats {
   uint32_t lorenzo_chunks = 0;    // chunks predicted along the flattened order
   uint32_t lorenzo2d_chunks = 0;  // chunks predicted from the left and upper neighbours
   uint32_t zero_map_chunks = 0;   // chunks whose values of 0 are in a zero map
+  uint32_t sampled_chunks = 0;    // chunks sampled to choose their predictor (0 with reuse)
 };
 
 class CompressPlan {
@@ -100,6 +129,8 @@ class CompressPlan {
   uint64_t compressed_bytes() const;  // exact size encode() will write
   double error_bound() const;         // absolute bound used
   const CompressStats& stats() const;
+  // The choices this plan coded with: sampled, or CompressOptions::reuse.
+  std::shared_ptr<const CompressChoices> choices() const;
 
   struct Impl;
   explicit CompressPlan(std::unique_ptr<Impl> impl);

@@ -271,8 +271,16 @@ def compress(x, error_bound: float, *, mode: str = "abs", checksum: bool = False
         raise TypeError(f"x must be a torch.Tensor or numpy.ndarray, not {type(x).__name__}")
     if len(shape) > 8:
         raise ValueError(f"x: tensors of at most 8 dimensions are supported, got {len(shape)}")
+    return _encode_cpu(bits, dtype, shape, bound, mode, checksum, device, numpy_in, None)[0]
+
+
+def _encode_cpu(bits, dtype: torch.dtype, shape: tuple, bound: float, mode: str, checksum: bool,
+                device: torch.device, numpy_in: bool, reuse):
+    """The CPU backend's compression of ``bits`` (a contiguous byte view of the values):
+    the CompressedTensor and the choices it was coded with (``reuse``, an earlier one's
+    choices of the same shape and dtype, or sampled from these values when None)."""
     threads = _num_threads
-    plan = _core.plan_compress(bits, _DTYPE_CODES[dtype], list(shape), bound, mode, checksum, threads)
+    plan = _core.plan_compress(bits, _DTYPE_CODES[dtype], list(shape), bound, mode, checksum, threads, reuse)
     out = torch.empty(plan.compressed_bytes, dtype=torch.uint8)
     plan.encode(out.numpy(), threads)
     info = {
@@ -283,7 +291,15 @@ def compress(x, error_bound: float, *, mode: str = "abs", checksum: bool = False
         "requested_bound": bound,
         "error_bound": plan.error_bound,
     }
-    return CompressedTensor(out, info, device, numpy_in, plan.stats)
+    return CompressedTensor(out, info, device, numpy_in, plan.stats), plan.choices
+
+
+def _compress_cpu_reusing(x: torch.Tensor, bound: float, mode: str, reuse):
+    """compress() of a CPU tensor with the predictors and codebooks of an earlier tensor
+    of the same shape and dtype (``reuse``, from this function; None samples ``x``), which
+    skips the sampling pass. Returns the CompressedTensor and the choices it used."""
+    t = x.detach().contiguous()
+    return _encode_cpu(_byte_view(t), t.dtype, tuple(t.shape), bound, mode, False, t.device, False, reuse)
 
 
 def _compress_pipeline(x: torch.Tensor, bound: float, mode: str, checksum: bool, ex) -> CompressedTensor:

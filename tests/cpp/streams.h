@@ -93,22 +93,27 @@ struct Compressed {
   std::vector<uint8_t> stream;
   double error_bound = 0;
   actzip::CompressStats stats;
+  std::shared_ptr<const actzip::CompressChoices> choices;  // the plan's
 };
 
+// `reuse`: CompressOptions::reuse.
 inline Compressed compress(const Tensor& t, double bound, actzip::BoundMode mode = actzip::BoundMode::kAbs,
-                           bool checksum = false, int threads = 1) {
+                           bool checksum = false, int threads = 1,
+                           std::shared_ptr<const actzip::CompressChoices> reuse = nullptr) {
   Compressed out;
   actzip::CompressOptions opt;
   opt.error_bound = bound;
   opt.mode = mode;
   opt.payload_checksum = checksum;
   opt.num_threads = threads;
+  opt.reuse = std::move(reuse);
   std::unique_ptr<actzip::CompressPlan> plan;
   out.status = actzip::plan_compress(t.bytes.data(), t.dtype, t.shape, opt, &plan);
   if (!out.status.ok()) return out;
   out.stream.assign(plan->compressed_bytes(), 0);
   out.error_bound = plan->error_bound();
   out.stats = plan->stats();
+  out.choices = plan->choices();
   out.status = actzip::encode(*plan, out.stream.data(), out.stream.size(), threads);
   return out;
 }

@@ -297,6 +297,79 @@ ACTZIP_TEST(the_plan_holds_the_stream_so_the_input_may_change_before_encode) {
   }
 }
 
+ACTZIP_TEST(reusing_a_plans_own_choices_gives_its_bytes_without_sampling) {
+  for (const Case& c : cases()) {
+    const Compressed fresh = compress(c.t, c.bound, c.mode, true, 2);
+    ACTZIP_REQUIRE(fresh.status.ok() && fresh.choices, "%s", fresh.status.message.c_str());
+    const Compressed again = compress(c.t, c.bound, c.mode, true, 2, fresh.choices);
+    ACTZIP_REQUIRE(again.status.ok(), "%s", again.status.message.c_str());
+    actzip::StreamInfo info;
+    ACTZIP_REQUIRE(actzip::read_info(fresh.stream.data(), fresh.stream.size(), &info).ok(), "read_info");
+    ACTZIP_CHECK(again.stream == fresh.stream, "numel %llu: reusing its own choices changed the stream",
+                 (unsigned long long)c.t.numel());
+    ACTZIP_CHECK(fresh.stats.sampled_chunks == info.num_chunks && again.stats.sampled_chunks == 0,
+                 "sampled %u and %u chunks of %u", fresh.stats.sampled_chunks, again.stats.sampled_chunks,
+                 info.num_chunks);
+    ACTZIP_CHECK(again.choices == fresh.choices, "the plan does not hold the choices it reused");
+    ACTZIP_CHECK(fresh.choices->dtype() == c.t.dtype && fresh.choices->shape() == c.t.shape &&
+                     fresh.choices->quant_step() == info.quant_step,
+                 "the choices do not describe what they were sampled from");
+  }
+}
+
+ACTZIP_TEST(choices_sampled_from_other_values_and_bounds_still_honour_the_bound) {
+  // Choices are hints about the data only: whatever values and bound they were sampled
+  // at, a stream coded with them decodes within its own bound, specials and zeros exact.
+  const Fill fills[] = {Fill::kRelu, Fill::kNormal, Fill::kSpecials, Fill::kZeros, Fill::kWaves, Fill::kConstant};
+  const std::vector<std::vector<uint64_t>> shapes = {{50000}, {171, 97}, {3, 17, 331}, {12, 128, 96}};
+  uint64_t seed = 500;
+  uint32_t mapped = 0, twod = 0;
+  for (DType dt : {DType::kFloat32, DType::kFloat16, DType::kBFloat16})
+    for (const auto& shape : shapes)
+      for (Fill from : fills)
+        for (Fill to : fills) {
+          if (from == to) continue;
+          const Tensor a = make_tensor("", dt, shape, from, seed++);
+          const Tensor b = make_tensor("", dt, shape, to, seed++);
+          for (auto bounds : {std::pair<double, double>{1e-1, 1e-4}, {1e-4, 1e-1}}) {
+            const Compressed sampled = compress(a, bounds.first, BoundMode::kRel);
+            ACTZIP_REQUIRE(sampled.status.ok(), "%s", sampled.status.message.c_str());
+            mapped += sampled.stats.zero_map_chunks;
+            twod += sampled.stats.lorenzo2d_chunks;
+            const Compressed z = compress(b, bounds.second, BoundMode::kRel, seed % 2 == 0, 1 + int(seed % 3),
+                                          sampled.choices);
+            ACTZIP_REQUIRE(z.status.ok(), "%s", z.status.message.c_str());
+            ACTZIP_CHECK(z.stats.sampled_chunks == 0, "a plan with choices sampled again");
+            ACTZIP_CHECK(z.error_bound == rel_bound(b, bounds.second), "error bound %a, want %a", z.error_bound,
+                         rel_bound(b, bounds.second));
+            ACTZIP_REQUIRE(actzip::validate(z.stream.data(), z.stream.size(), nullptr).ok(), "validate");
+            std::vector<uint8_t> out;
+            ACTZIP_REQUIRE(decode(z.stream, &out, 2).ok(), "decode");
+            check_decoded(b, out, z.error_bound, "coded with other values' choices");
+            ACTZIP_CHECK(z.stream.size() <= actzip::compress_bound(b.numel(), dt, int(shape.size())),
+                         "above compress_bound");
+          }
+        }
+  // The choices carried over must include zero maps and 2-D prediction, or the test
+  // would not reach them.
+  ACTZIP_CHECK(mapped > 0 && twod > 0, "no sampled zero map (%u) or 2-D chunk (%u)", mapped, twod);
+}
+
+ACTZIP_TEST(choices_of_another_shape_or_dtype_are_refused) {
+  const Tensor t = make_tensor("", DType::kFloat32, {200, 250}, Fill::kNormal, 3);
+  const Compressed sampled = compress(t, 1e-2);
+  ACTZIP_REQUIRE(sampled.status.ok(), "%s", sampled.status.message.c_str());
+  const Tensor others[] = {make_tensor("", DType::kFloat32, {250, 200}, Fill::kNormal, 4),
+                           make_tensor("", DType::kFloat32, {50000}, Fill::kNormal, 4),
+                           make_tensor("", DType::kFloat32, {200, 251}, Fill::kNormal, 4),
+                           make_tensor("", DType::kFloat16, {200, 250}, Fill::kNormal, 4)};
+  for (const Tensor& o : others) {
+    const Compressed z = compress(o, 1e-2, BoundMode::kAbs, false, 1, sampled.choices);
+    ACTZIP_CHECK(z.status.code == StatusCode::kInvalidArgument, "choices for {200, 250} float32 accepted for "
+                 "a tensor of %zu dimensions, dtype %d", o.shape.size(), int(o.dtype));
+  }
+}
+
 ACTZIP_TEST(bad_arguments_are_refused) {
   const Tensor t = make_tensor("", DType::kFloat32, {10}, Fill::kNormal, 1);
   std::unique_ptr<actzip::CompressPlan> plan;

@@ -403,3 +403,53 @@ def test_compress_bound_follows_the_format_document():
                 want = pad8(40 + 8 * ndim + 2 + 128 + 2 + 520 + 2 + 128) + 8 * chunks + 8
                 want += sum(16 + pad8(size * count) for count in counts) + 4
                 assert actzip.compress_bound(n, dtype, ndim) == want
+
+
+# ---- choices from an earlier tensor (what training reuses from step to step) ----------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(16385,), (171, 97), (16, 64, 32, 32)], ids=str)
+def test_a_tensors_own_choices_give_its_bytes_without_sampling(dtype, shape):
+    x = relu_like(math.prod(shape), seed=5).reshape(shape).to(dtype)
+    fresh, choices = actzip.codec._compress_cpu_reusing(x, 1e-2, "rel", None)
+    again, same = actzip.codec._compress_cpu_reusing(x, 1e-2, "rel", choices)
+    assert again.to_bytes() == fresh.to_bytes() == actzip.compress(x, 1e-2, mode="rel").to_bytes()
+    chunks = -(-x.numel() // actzip.codec._core.CHUNK_ELEMS)
+    assert fresh.stats["sampled_chunks"] == chunks and again.stats["sampled_chunks"] == 0
+    assert tuple(choices.shape) == shape and same.quant_step == choices.quant_step
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    dtype=st.sampled_from(DTYPES),
+    shape=st.sampled_from([(40000,), (3, 11003), (171, 97), (9, 128, 128)]),
+    seeds=st.tuples(st.integers(0, 2**31), st.integers(0, 2**31)),
+    scales=st.tuples(st.floats(-20, 20), st.floats(-20, 20)).map(lambda e: (10.0 ** e[0], 10.0 ** e[1])),
+    bounds=st.tuples(bounds, bounds),
+    mode=st.sampled_from(MODES),
+    relu=st.booleans(),
+)
+def test_property_choices_from_other_values_and_bounds_keep_the_bound(dtype, shape, seeds, scales, bounds, mode, relu):
+    # Whatever the choices were sampled from, they only steer the coding: the stream holds
+    # the bound it reports, every zero, sign and special value.
+    source = _sample(shape, dtype, seed=seeds[0], scale=scales[0])
+    if relu:
+        source = torch.relu(source)
+    x = _sample(shape, dtype, seed=seeds[1], scale=scales[1])
+    _, choices = actzip.codec._compress_cpu_reusing(source, bounds[0], mode, None)
+    ct, _ = actzip.codec._compress_cpu_reusing(x, bounds[1], mode, choices)
+    assert ct.stats["sampled_chunks"] == 0
+    assert ct.error_bound == pytest.approx(expected_bound(x, bounds[1], mode), rel=1e-15) or not math.isfinite(
+        expected_bound(x, bounds[1], mode)
+    )
+    check_bound(x, actzip.decompress(ct), ct.error_bound)
+    assert ct.nbytes <= actzip.compress_bound(x.numel(), x.dtype, x.dim())
+
+
+def test_choices_of_another_shape_or_dtype_are_refused():
+    x = torch.randn(200, 250)
+    _, choices = actzip.codec._compress_cpu_reusing(x, 1e-2, "abs", None)
+    for other in (torch.randn(250, 200), torch.randn(50000), torch.randn(200, 251), torch.randn(200, 250).half()):
+        with pytest.raises(ValueError, match="another shape or dtype"):
+            actzip.codec._compress_cpu_reusing(other, 1e-2, "abs", choices)
