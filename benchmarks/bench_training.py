@@ -14,7 +14,10 @@ the baseline's peak divided by ``--budget-factor``, default 12); ``checkpoint``
 (``torch.utils.checkpoint`` around each residual stage / transformer block) and
 ``save_on_cpu`` (``torch.autograd.graph.save_on_cpu``). On request only,
 ``gradual_own_threads``: the gradual schedule with the codec on actzip's own threads
-rather than torch's OpenMP workers (see cpp/cpu/thread_pool.h).
+rather than torch's OpenMP workers (see cpp/cpu/thread_pool.h); and
+``gradual_sample_always``: the gradual schedule sampling every tensor at every step, where
+actzip otherwise codes a CPU tensor with the predictors and codebooks it sampled at an
+earlier step (see ``_REUSE_STEPS`` in actzip/training.py).
 
 Every method starts from the same weights and sees the same batches; the methods take
 their steps in turn (step 1 of each, then step 2...), so a change of load on the machine
@@ -35,6 +38,7 @@ Usage::
     python benchmarks/bench_training.py                       # both tasks, every method
     python benchmarks/bench_training.py --tasks cnn --methods baseline,gradual --steps-cnn 60
     python benchmarks/bench_training.py --methods baseline,gradual,gradual_own_threads
+    python benchmarks/bench_training.py --methods baseline,gradual,gradual_sample_always
     python benchmarks/bench_training.py --json benchmarks/out/training.json
 """
 
@@ -56,7 +60,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 
 import actzip  # noqa: E402
-from actzip import telemetry  # noqa: E402
+from actzip import telemetry, training  # noqa: E402
 from actzip.demo import evaluate_accuracy, make_schedule, mean_step_seconds, minibatches  # noqa: E402
 from actzip.examples import (  # noqa: E402
     ResNet18Small,
@@ -68,9 +72,12 @@ from actzip.examples import (  # noqa: E402
 )
 from actzip.training import ActivationCompressor, compressed_activations  # noqa: E402
 
-METHODS = ("baseline", "constant", "gradual", "adaptive", "budget", "checkpoint", "save_on_cpu", "gradual_own_threads")
-DEFAULT_METHODS = METHODS[:-1]
-ACTZIP_METHODS = ("constant", "gradual", "adaptive", "budget", "gradual_own_threads")
+METHODS = (
+    "baseline", "constant", "gradual", "adaptive", "budget", "checkpoint", "save_on_cpu", "gradual_own_threads",
+    "gradual_sample_always",
+)
+DEFAULT_METHODS = METHODS[:-2]
+ACTZIP_METHODS = ("constant", "gradual", "adaptive", "budget", "gradual_own_threads", "gradual_sample_always")
 
 
 # ---------------------------------------------------------------------------------------
@@ -134,6 +141,21 @@ def own_threads(on: bool):
         actzip._core.use_own_threads(False)
 
 
+@contextlib.contextmanager
+def sample_always(on: bool):
+    """Samples every tensor at every step while active (the ``gradual_sample_always``
+    method: what coding with an earlier step's choices is worth)."""
+    if not on:
+        yield
+        return
+    saved = training._REUSE_STEPS
+    training._REUSE_STEPS = 0
+    try:
+        yield
+    finally:
+        training._REUSE_STEPS = saved
+
+
 # ---------------------------------------------------------------------------------------
 # One method's training run, a step at a time
 # ---------------------------------------------------------------------------------------
@@ -180,7 +202,7 @@ class Run:
 
     def _make_compressor(self) -> None:
         budget = self.budget_bytes() if self.method == "budget" else None
-        name = "gradual" if self.method == "gradual_own_threads" else self.method
+        name = "gradual" if self.method.startswith("gradual") else self.method
         schedule = make_schedule(name, self.steps, final_bound=self.bound, budget_bytes=budget)
         self.compressor = compressed_activations(self.model, schedule=schedule, mode="rel")
         if self.method == "adaptive":
@@ -214,7 +236,7 @@ class Run:
         # Entering the compressor (module hooks) is outside the timed part: a real run
         # enters it once.
         outer = self.compressor if self.compressor is not None else contextlib.nullcontext()
-        with outer, own_threads(self.method == "gradual_own_threads"):
+        with outer, own_threads(self.method == "gradual_own_threads"), sample_always(self.method == "gradual_sample_always"):
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             start = time.perf_counter()
@@ -417,7 +439,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument(
         "--methods",
         default=",".join(DEFAULT_METHODS),
-        help=f"comma-separated, from {', '.join(METHODS)} (default: all but the last)",
+        help=f"comma-separated, from {', '.join(METHODS)} (default: all but the last two)",
     )
     parser.add_argument("--steps-cnn", type=int, default=120, help="training steps on the digits CNN (default 120)")
     parser.add_argument("--steps-lm", type=int, default=150, help="training steps on the transformer (default 150)")

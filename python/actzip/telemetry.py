@@ -22,6 +22,8 @@ Each history record is a dict for one training step:
 ``tensors_kept``            tensors kept as they are (small, integer, excluded)
 ``masks_packed``            bool tensors packed to one bit a value
 ``failures``                tensors the codec failed on (kept uncompressed)
+``choices_reused``          CPU tensors coded with the predictors and codebooks sampled
+                            at an earlier step (no sampling pass)
 ==========================  ==========================================================
 
 :func:`plot` needs matplotlib (``pip install actzip[demo]``).
@@ -151,6 +153,7 @@ _CSV_COLUMNS = [
     "tensors_kept",
     "masks_packed",
     "failures",
+    "choices_reused",
 ]
 
 

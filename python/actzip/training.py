@@ -65,6 +65,15 @@ __all__ = ["ActivationCompressor", "compressed_activations"]
 
 _FLOAT_DTYPES = frozenset({torch.float32, torch.float16, torch.bfloat16})
 _KEPT, _COMPRESSED, _BITS = 0, 1, 2
+# A CPU tensor's sampled predictors and codebooks serve it for this many later steps, or
+# until its absolute bound has moved by more than this factor (benchmarks/bench_training.py
+# --reuse-steps measures what other values give).
+_REUSE_STEPS = 8
+_REUSE_DRIFT = 1.25
+
+
+def _within_drift(bound: float, sampled_at: float) -> bool:
+    return sampled_at / _REUSE_DRIFT <= bound <= sampled_at * _REUSE_DRIFT
 _BITS_VIEW = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
 
 #: Layer names for tensors saved outside any named module.
@@ -335,6 +344,13 @@ class ActivationCompressor:
         # next tensor of the layer is coded with them, which saves the CUDA backend one wait
         # for the device per tensor (codebooks are lossless; stale ones only cost size).
         self._books: Dict[Tuple[str, torch.device], Any] = {}
+        # On the CPU, each tensor's predictors and codebooks, keyed by (layer, shape, dtype,
+        # its rank among the layer's tensors of that shape this step): the same tensor at
+        # the next steps is coded with them and skips the codec's sampling pass (a fifth of
+        # compression), until it has served _REUSE_STEPS steps or its bound has moved by
+        # more than a factor _REUSE_DRIFT. Each value: [choices, uses, requested bound and
+        # absolute bound when sampled].
+        self._choices: Dict[tuple, list] = {}
         # Status words of GPU decodes not yet read: backward does not wait for the device
         # to learn whether a stream was intact; step() and leaving the context do.
         self._unchecked: List[torch.Tensor] = []
@@ -634,13 +650,36 @@ class ActivationCompressor:
         try:
             ex = self._pipeline_exec(view)
             if ex is None:
-                return compress(view, bound, mode=self.mode)
+                if view.device.type != "cpu":
+                    return compress(view, bound, mode=self.mode)
+                return self._compress_cpu(view, bound, layer)
             key = (layer, view.device)
             compressed, books = codec._compress_pipeline_books(view, bound, self.mode, False, ex, self._books.get(key))
             self._books[key] = books
             return compressed
         finally:
             self._compress_seconds += time.perf_counter() - start
+
+    def _compress_cpu(self, view: torch.Tensor, bound: float, layer: str) -> CompressedTensor:
+        """compress() of a CPU tensor, with the choices this tensor had at an earlier step
+        where they are still fresh (see ``_choices``)."""
+        base = (layer, tuple(view.shape), view.dtype)
+        rank = self._choice_ranks.get(base, 0)
+        self._choice_ranks[base] = rank + 1
+        key = base + (rank,)
+        entry = self._choices.get(key)
+        reuse = None
+        if entry is not None and entry[1] < _REUSE_STEPS and _within_drift(bound, entry[2]):
+            reuse = entry[0]
+        compressed, choices = codec._compress_cpu_reusing(view, bound, self.mode, reuse)
+        if reuse is None:
+            self._choices[key] = [choices, 0, bound, compressed.error_bound]
+            return compressed
+        entry[1] += 1
+        self._step_counts["choices_reused"] += 1
+        if not _within_drift(compressed.error_bound, entry[3]):  # the values' range moved (rel)
+            entry[1] = _REUSE_STEPS  # sample again next time
+        return compressed
 
     @staticmethod
     def _pipeline_exec(view: torch.Tensor) -> Optional[_pipeline.Exec]:
@@ -835,7 +874,15 @@ class ActivationCompressor:
         self._step_stored = 0
         self._compress_seconds = 0.0
         self._decompress_seconds = 0.0
-        self._step_counts = {"compressed": 0, "shared": 0, "kept": 0, "masks": 0, "failures": 0, "parameters": 0}
+        self._step_counts = {
+            "compressed": 0, "shared": 0, "kept": 0, "masks": 0, "failures": 0, "parameters": 0, "choices_reused": 0,
+        }
+        if getattr(self, "_choice_ranks", None):
+            # Choices of tensors the step just ended did not make are dropped: shapes that
+            # come and go (the last, smaller batch; sequences of varying length) hold none.
+            made = self._choice_ranks
+            self._choices = {k: v for k, v in self._choices.items() if k[3] < made.get(k[:3], 0)}
+        self._choice_ranks: Dict[tuple, int] = {}
         self._layers: Dict[str, _LayerStep] = {}
         self._bounds: Dict[str, Optional[float]] = {}
         self._shared_from: Dict[str, List[str]] = {}
@@ -874,6 +921,7 @@ class ActivationCompressor:
             "tensors_kept": counts["kept"],
             "masks_packed": counts["masks"],
             "failures": counts["failures"],
+            "choices_reused": counts["choices_reused"],
         }
         for layer, layer_step in self._layers.items():
             record["layer_raw_bytes"][layer] = layer_step.raw_bytes

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import actzip
-from actzip import training
-from actzip.schedule import Adaptive, Gradual, MemoryBudget
+from actzip import codec, training
+from actzip.schedule import Adaptive, Constant, Gradual, MemoryBudget
 from actzip.training import compressed_activations
 
 SMALL = 4096  # min_bytes for the small test models
@@ -379,6 +379,7 @@ def test_codec_failure_keeps_the_tensor_warns_once_and_counts(monkeypatch):
         raise RuntimeError("codec out of order")
 
     monkeypatch.setattr(training, "compress", broken)
+    monkeypatch.setattr(codec, "_compress_cpu_reusing", broken)  # the CPU path of training
     model, (x, y) = _cnn(), _batch()
     expected, _ = _gradients(copy.deepcopy(model), x, y)
     az = compressed_activations(model, schedule=1e-3, min_bytes=SMALL)
@@ -536,6 +537,82 @@ def test_memory_budget_keeps_peak_under_the_budget():
     assert peaks[0] > budget
     assert all(peak <= budget for peak in peaks[2:])
     assert peaks[-1] > 0.6 * budget  # not needlessly loose
+
+
+def _train_batches(model, az, batches, lr=0.05):
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    with az:
+        for x, y in batches:
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            az.step(loss=loss.detach())
+
+
+def test_cpu_tensors_reuse_their_choices_for_a_while_then_sample_again():
+    model = _cnn(channels=16)
+    az = compressed_activations(model, schedule=1e-2, mode="abs", min_bytes=SMALL)
+    steps = training._REUSE_STEPS + 2
+    _train_batches(model, az, [_batch(seed=3 + s, n=16) for s in range(steps)])
+    compressed = [r["tensors_compressed"] for r in az.history]
+    reused = [r["choices_reused"] for r in az.history]
+    assert compressed[0] >= 3 and len(set(compressed)) == 1
+    # Sampled at step 0, reused at the next _REUSE_STEPS steps, sampled again after.
+    assert reused == [0] + [compressed[0]] * training._REUSE_STEPS + [0]
+    ratios = [r["raw_bytes"] / r["compressed_bytes"] for r in az.history]
+    assert min(ratios[1:-1]) > 0.9 * ratios[0]  # stale choices cost little size
+
+
+def test_choices_are_sampled_again_when_the_bound_moves_or_the_shape_changes():
+    model = _cnn(channels=16)
+    bounds = iter([1e-2, 1e-2, 1e-4, 1e-4, 1.05e-4, 1e-4, 1e-4, 1e-4])
+
+    class Steps(Constant):  # the bounds of a list, one a step
+        def step(self, stats=None):
+            super().step(stats)
+            self.bound = next(bounds)
+
+    schedule = Steps(next(bounds))
+    az = compressed_activations(model, schedule=schedule, mode="abs", min_bytes=SMALL)
+    batches = [_batch(seed=s, n=16) for s in range(5)] + [_batch(seed=5, n=12), _batch(seed=6, n=16)]
+    _train_batches(model, az, batches)
+    n = az.history[0]["tensors_compressed"]
+    reused = [r["choices_reused"] for r in az.history]
+    # step 2: the bound fell 100-fold; step 4: moved by 5%, within the drift allowed;
+    # step 5: another batch size (other shapes); step 6: the choices of the batch of 16
+    # were dropped when step 5 did not use them.
+    assert reused == [0, n, 0, n, n, 0, 0]
+    for record in az.history:
+        assert record["failures"] == 0
+
+
+def test_rel_mode_samples_again_after_the_values_range_moved():
+    # A relative bound follows the values' range, known only once a tensor is coded: the
+    # tensors whose range tripled at step 2 were coded with their old choices and are
+    # sampled again at step 3, where the same run without the change reuses more.
+    def reused(scale):
+        model = _cnn(channels=16)
+        az = compressed_activations(model, schedule=1e-2, mode="rel", min_bytes=SMALL)
+        batches = [_batch(seed=s, n=16) for s in range(4)]
+        batches[2] = (batches[2][0] * scale, batches[2][1])
+        _train_batches(model, az, batches, lr=0.0)
+        return [r["choices_reused"] for r in az.history]
+
+    control, moved = reused(1.0), reused(3.0)
+    assert control[:3] == moved[:3] and control[1] > 0
+    assert moved[3] == control[3] - 2  # the input and the first conv's output; not past the BatchNorm
+
+
+def test_choices_do_not_change_what_backward_gets():
+    model, (x, y) = _cnn(), _batch()
+    expected, _ = _gradients(copy.deepcopy(model), x, y)
+    az = compressed_activations(model, schedule=1e-7, mode="abs", min_bytes=SMALL)
+    for step in range(3):
+        got, _ = _gradients(model, x, y, az)
+        az.step()
+        _assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert az.history[1]["choices_reused"] == az.history[1]["tensors_compressed"] > 0
 
 
 # --------------------------------------------------------------------------- telemetry
