@@ -459,16 +459,19 @@ def test_argument_validation():
 # --------------------------------------------------------------------------- schedules in training
 
 
-def _train(model, az, steps, seed=3):
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+def _train_batches(model, az, batches, lr=0.05):
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     with az:
-        for step in range(steps):
-            x, y = _batch(seed + step)
+        for x, y in batches:
             loss = F.cross_entropy(model(x), y)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
             az.step(loss=loss.detach())
+
+
+def _train(model, az, steps, seed=3):
+    _train_batches(model, az, (_batch(seed + step) for step in range(steps)))
 
 
 def test_gradual_schedule_bounds_reach_the_history():
@@ -537,17 +540,6 @@ def test_memory_budget_keeps_peak_under_the_budget():
     assert peaks[0] > budget
     assert all(peak <= budget for peak in peaks[2:])
     assert peaks[-1] > 0.6 * budget  # not needlessly loose
-
-
-def _train_batches(model, az, batches, lr=0.05):
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    with az:
-        for x, y in batches:
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            az.step(loss=loss.detach())
 
 
 def test_cpu_tensors_reuse_their_choices_for_a_while_then_sample_again():
