@@ -4,10 +4,55 @@
 #include <cstring>
 
 #include "actzip/actzip.h"
+#include "cpu/passes.h"
 #include "cpu/thread_pool.h"
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define ACTZIP_AVX2_MASKS 1
+#define ACTZIP_TARGET_AVX2 __attribute__((target("avx2")))
+#endif
 
 namespace actzip {
 namespace {
+
+#if ACTZIP_AVX2_MASKS
+// 32-bit masks, 32 elements at a time; both return the elements done (a multiple of 32).
+// Lanes reversed before the movemask put the first element in the high bit.
+ACTZIP_TARGET_AVX2 uint64_t pack32_avx2(const uint32_t* in, uint64_t n, uint32_t value, uint8_t* out, bool* ok) {
+  const __m256i zero = _mm256_setzero_si256(), v = _mm256_set1_epi32(int(value));
+  const __m256i reverse = _mm256_setr_epi32(7, 6, 5, 4, 3, 2, 1, 0);
+  __m256i bad = zero;
+  uint64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    uint32_t bytes = 0;
+    for (int k = 0; k < 4; ++k) {
+      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + i + 8 * k));
+      const __m256i is_zero = _mm256_cmpeq_epi32(x, zero);
+      bad = _mm256_or_si256(bad, _mm256_andnot_si256(_mm256_or_si256(is_zero, _mm256_cmpeq_epi32(x, v)),
+                                                     _mm256_set1_epi32(-1)));
+      const __m256i set = _mm256_permutevar8x32_epi32(_mm256_andnot_si256(is_zero, _mm256_set1_epi32(-1)), reverse);
+      bytes |= uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(set))) << (8 * k);
+    }
+    std::memcpy(out + i / 8, &bytes, 4);
+  }
+  *ok = _mm256_testz_si256(bad, bad) != 0;
+  return i;
+}
+
+ACTZIP_TARGET_AVX2 uint64_t unpack32_avx2(const uint8_t* bits, uint64_t n, uint32_t value, uint32_t* out) {
+  const __m256i select = _mm256_setr_epi32(128, 64, 32, 16, 8, 4, 2, 1), v = _mm256_set1_epi32(int(value));
+  uint64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    for (int k = 0; k < 4; ++k) {
+      const __m256i b = _mm256_and_si256(_mm256_set1_epi32(bits[i / 8 + k]), select);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i + 8 * k),
+                          _mm256_and_si256(_mm256_cmpeq_epi32(b, select), v));
+    }
+  }
+  return i;
+}
+#endif
 
 // Elements a job packs: whole bytes, enough to pay for handing the job to a thread.
 constexpr uint64_t kMaskBlock = uint64_t(1) << 18;
@@ -24,6 +69,13 @@ Bits load_bits(const uint8_t* p) {
 template <class Bits>
 bool pack_range(const uint8_t* data, uint64_t begin, uint64_t end, Bits value, uint8_t* out) {
   const Bits* in = reinterpret_cast<const Bits*>(data);
+#if ACTZIP_AVX2_MASKS
+  if (sizeof(Bits) == 4 && detail::avx2_passes_on()) {
+    bool ok = true;
+    begin += pack32_avx2(reinterpret_cast<const uint32_t*>(in) + begin, end - begin, uint32_t(value), out + begin / 8, &ok);
+    if (!ok) return false;
+  }
+#endif
   for (uint64_t i = begin; i < end; i += 8) {
     const uint64_t m = std::min<uint64_t>(8, end - i);
     unsigned byte = 0;
@@ -43,6 +95,10 @@ bool pack_range(const uint8_t* data, uint64_t begin, uint64_t end, Bits value, u
 template <class Bits>
 void unpack_range(const uint8_t* bits, uint64_t begin, uint64_t end, Bits value, uint8_t* out) {
   Bits* o = reinterpret_cast<Bits*>(out);
+#if ACTZIP_AVX2_MASKS
+  if (sizeof(Bits) == 4 && detail::avx2_passes_on())
+    begin += unpack32_avx2(bits + begin / 8, end - begin, uint32_t(value), reinterpret_cast<uint32_t*>(o) + begin);
+#endif
   for (uint64_t i = begin; i < end; ++i) {
     const Bits x = ((bits[i / 8] >> (7 - i % 8)) & 1) ? value : Bits(0);
     std::memcpy(o + i, &x, sizeof x);

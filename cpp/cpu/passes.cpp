@@ -1266,6 +1266,14 @@ bool huffman_decode_lanes(const uint32_t* table, const uint32_t* pairs, uint32_t
   return decode_lanes_body(table, pairs, need, lanes, n, u);
 }
 
+bool avx2_passes_on() {
+#if ACTZIP_AVX2_PASSES
+  return avx2_passes;
+#else
+  return false;
+#endif
+}
+
 void force_portable_passes(bool on) {
 #if ACTZIP_AVX2_PASSES
   avx2_passes = !on && cpu_has_avx2();

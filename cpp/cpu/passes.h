@@ -38,6 +38,10 @@ inline constexpr uint32_t kUncodedValue = 0xFFFFFFFFu;
 // while other threads run passes.
 void force_portable_passes(bool on);
 
+// Whether passes with AVX2 versions run them now (the CPU has AVX2 and
+// force_portable_passes() is off); for passes outside this file.
+bool avx2_passes_on();
+
 // For tests: with `on`, the AVX2 passes gather and scatter sign bits with tables even where
 // pext/pdep are fast. Not for use while other threads run passes.
 void force_table_bits(bool on);

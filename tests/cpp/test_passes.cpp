@@ -527,3 +527,76 @@ ACTZIP_TEST(round_trip_with_clamped_2d_predictions_holds_the_bound) {
 }
 
 }  // namespace
+
+namespace {
+
+// Elements of `bytes` per element (2 or 4) as 32-bit patterns.
+uint32_t element_bits(const std::vector<uint8_t>& bytes, size_t es, uint64_t i) {
+  uint32_t v = 0;
+  std::memcpy(&v, bytes.data() + i * es, es);
+  return v;
+}
+
+}  // namespace
+
+ACTZIP_TEST(masks_pack_to_packbits_order_and_unpack_bit_for_bit_on_every_path) {
+  std::mt19937 rng(11);
+  const uint64_t lengths[] = {1, 7, 8, 31, 32, 33, 1000, (1u << 18) + 5, 3 * (1u << 18) + 77};
+  struct Kind {
+    actzip::DType dtype;
+    uint32_t value, minus_zero, nan;
+  };
+  const Kind kinds[] = {{actzip::DType::kFloat32, 0x3FB6DB6Eu, 0x80000000u, 0x7FC00000u},  // 1 / 0.7
+                        {actzip::DType::kFloat16, 0x3DB7u, 0x8000u, 0x7E00u},
+                        {actzip::DType::kBFloat16, 0xC060u, 0x8000u, 0x7FC0u}};  // -3.5
+  on_both_paths([&](bool portable) {
+    for (const Kind& k : kinds)
+      for (uint64_t n : lengths) {
+        const size_t es = actzip::element_size(k.dtype);
+        std::vector<uint8_t> data(n * es), bits((n + 7) / 8), expected((n + 7) / 8, 0), out(n * es);
+        bool any = false;
+        for (uint64_t i = 0; i < n; ++i) {
+          const bool keep = rng() % 10 < 7;
+          any |= keep;
+          const uint32_t v = keep ? k.value : 0;
+          std::memcpy(data.data() + i * es, &v, es);
+          if (keep) expected[i / 8] |= uint8_t(0x80u >> (i % 8));  // numpy.packbits order
+        }
+        for (int threads : {1, 3}) {
+          bool packed = false;
+          uint32_t value_bits = 0;
+          ACTZIP_REQUIRE(
+              actzip::pack_mask(data.data(), k.dtype, n, bits.data(), bits.size(), &packed, &value_bits, threads).ok(),
+              "pack_mask");
+          ACTZIP_CHECK(packed && value_bits == (any ? k.value : 0u) && bits == expected,
+                       "%s path, dtype %d, %llu elements: mask not packed as packbits", portable ? "portable" : "AVX2",
+                       int(k.dtype), (unsigned long long)n);
+          std::fill(out.begin(), out.end(), uint8_t(0xAB));
+          ACTZIP_REQUIRE(actzip::unpack_mask(bits.data(), bits.size(), k.dtype, n, value_bits, out.data(), out.size(),
+                                             threads).ok(),
+                         "unpack_mask");
+          ACTZIP_CHECK(out == data, "%s path, dtype %d, %llu elements: not unpacked bit for bit",
+                       portable ? "portable" : "AVX2", int(k.dtype), (unsigned long long)n);
+        }
+        // One element that no mask has, anywhere (the first, the last, inside a block of 32,
+        // in a later job): the tensor is refused, never packed wrongly.
+        if (n < 2) continue;
+        for (uint64_t at : {uint64_t(1), n - 1, n / 2, uint64_t(rng() % n)}) {
+          for (uint32_t intruder : {k.minus_zero, k.nan, k.value ^ 1u}) {
+            std::vector<uint8_t> spoiled = data;
+            if (element_bits(spoiled, es, 0) == 0) std::memcpy(spoiled.data(), &k.value, es);  // value seen first
+            std::memcpy(spoiled.data() + at * es, &intruder, es);
+            bool packed = true;
+            uint32_t value_bits = 0;
+            ACTZIP_REQUIRE(actzip::pack_mask(spoiled.data(), k.dtype, n, bits.data(), bits.size(), &packed,
+                                             &value_bits, 2)
+                               .ok(),
+                           "pack_mask");
+            ACTZIP_CHECK(!packed, "%s path, dtype %d, %llu elements: bits %x at %llu packed as a mask",
+                         portable ? "portable" : "AVX2", int(k.dtype), (unsigned long long)n, intruder,
+                         (unsigned long long)at);
+          }
+        }
+      }
+  });
+}
