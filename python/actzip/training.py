@@ -354,8 +354,8 @@ class ActivationCompressor:
         # its rank among the layer's tensors of that shape this step): the same tensor at
         # the next steps is coded with them and skips the codec's sampling pass (a fifth of
         # compression), until it has served _REUSE_STEPS steps or its bound has moved
-        # (see _REUSE_REQUEST_DRIFT). Each value: [choices, uses, requested bound and
-        # absolute bound when sampled].
+        # (see _REUSE_REQUEST_DRIFT). Each value: [choices (about 27 KB of host memory),
+        # uses, requested bound and absolute bound when sampled].
         self._choices: Dict[tuple, list] = {}
         # Status words of GPU decodes not yet read: backward does not wait for the device
         # to learn whether a stream was intact; step() and leaving the context do.
