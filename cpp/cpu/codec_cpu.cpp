@@ -2,9 +2,9 @@
 //
 // plan_compress() samples every chunk to choose its predictor and the tensor's codebooks
 // (or takes both from CompressOptions::reuse), then classifies each element once and
-// encodes each chunk into a buffer of the plan's (the plan holds about the compressed size). encode() copies the chunks to their final
-// offsets in the caller's buffer. The bytes depend only on the input and the bound, never
-// on the thread count.
+// encodes each chunk into a buffer of the plan's (the plan holds about the compressed
+// size). encode() copies the chunks to their final offsets in the caller's buffer. The
+// bytes depend only on the input, the bound and the choices, never on the thread count.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -310,9 +310,8 @@ struct CompressChoices::Impl {
   std::vector<uint64_t> shape;
   float quant_step = 0;
   std::vector<uint8_t> predictors;  // per chunk: its predictor's flag | kChunkZeroMap
-  int direct_log2 = 0;
   std::vector<uint8_t> code_lengths, mask_lengths, zmap_lengths;
-  Books books;  // built from the lengths, packed, with the shape's 2-D row
+  Books books;  // built from the lengths (direct_log2 in books.k), packed, with the shape's 2-D row
 };
 
 CompressChoices::CompressChoices(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -403,7 +402,6 @@ Status sample_choices(const uint8_t* bytes, const Header& h, const Quantizer& qz
   CodeBooks code_books;
   Status books_status = build_code_books(fine.data(), mask.data(), zmap.data(), &code_books);
   if (!books_status.ok()) return books_status;
-  ci->direct_log2 = code_books.direct_log2;
   ci->code_lengths = std::move(code_books.code_lengths);
   ci->mask_lengths = std::move(code_books.mask_lengths);
   ci->zmap_lengths = std::move(code_books.zmap_lengths);
@@ -482,7 +480,7 @@ Status plan_compress(const void* data, DType dtype, const std::vector<uint64_t>&
   }
   const CompressChoices::Impl& choices = impl->choices->impl();
   for (uint32_t c = 0; c < nchunks; ++c) impl->chunks[c].predictor = choices.predictors[c];
-  h.direct_log2 = choices.direct_log2;
+  h.direct_log2 = choices.books.k;
   h.code_lengths = choices.code_lengths;
   h.mask_lengths = choices.mask_lengths;
   h.zmap_lengths = choices.zmap_lengths;

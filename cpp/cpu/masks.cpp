@@ -7,36 +7,30 @@
 #include "cpu/passes.h"
 #include "cpu/thread_pool.h"
 
-#if defined(__GNUC__) && defined(__x86_64__)
-#include <immintrin.h>
-#define ACTZIP_AVX2_MASKS 1
-#define ACTZIP_TARGET_AVX2 __attribute__((target("avx2")))
-#endif
-
 namespace actzip {
 namespace {
 
-#if ACTZIP_AVX2_MASKS
+#if ACTZIP_AVX2_PASSES
 // 32-bit masks, 32 elements at a time; both return the elements done (a multiple of 32).
 // Lanes reversed before the movemask put the first element in the high bit.
 ACTZIP_TARGET_AVX2 uint64_t pack32_avx2(const uint32_t* in, uint64_t n, uint32_t value, uint8_t* out, bool* ok) {
   const __m256i zero = _mm256_setzero_si256(), v = _mm256_set1_epi32(int(value));
   const __m256i reverse = _mm256_setr_epi32(7, 6, 5, 4, 3, 2, 1, 0);
-  __m256i bad = zero;
+  __m256i known = _mm256_set1_epi32(-1);  // lanes that held +0.0 or `value` only
   uint64_t i = 0;
   for (; i + 32 <= n; i += 32) {
     uint32_t bytes = 0;
     for (int k = 0; k < 4; ++k) {
       const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + i + 8 * k));
       const __m256i is_zero = _mm256_cmpeq_epi32(x, zero);
-      bad = _mm256_or_si256(bad, _mm256_andnot_si256(_mm256_or_si256(is_zero, _mm256_cmpeq_epi32(x, v)),
-                                                     _mm256_set1_epi32(-1)));
-      const __m256i set = _mm256_permutevar8x32_epi32(_mm256_andnot_si256(is_zero, _mm256_set1_epi32(-1)), reverse);
-      bytes |= uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(set))) << (8 * k);
+      known = _mm256_and_si256(known, _mm256_or_si256(is_zero, _mm256_cmpeq_epi32(x, v)));
+      // movemask of is_zero, lanes reversed, complemented: bit 7 - j set where x[j] != 0.
+      bytes |= (~uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_permutevar8x32_epi32(is_zero, reverse)))) &
+                0xFFu) << (8 * k);
     }
     std::memcpy(out + i / 8, &bytes, 4);
   }
-  *ok = _mm256_testz_si256(bad, bad) != 0;
+  *ok = _mm256_movemask_epi8(known) == -1;
   return i;
 }
 
@@ -69,7 +63,7 @@ Bits load_bits(const uint8_t* p) {
 template <class Bits>
 bool pack_range(const uint8_t* data, uint64_t begin, uint64_t end, Bits value, uint8_t* out) {
   const Bits* in = reinterpret_cast<const Bits*>(data);
-#if ACTZIP_AVX2_MASKS
+#if ACTZIP_AVX2_PASSES
   if (sizeof(Bits) == 4 && detail::avx2_passes_on()) {
     bool ok = true;
     begin += pack32_avx2(reinterpret_cast<const uint32_t*>(in) + begin, end - begin, uint32_t(value), out + begin / 8, &ok);
@@ -95,7 +89,7 @@ bool pack_range(const uint8_t* data, uint64_t begin, uint64_t end, Bits value, u
 template <class Bits>
 void unpack_range(const uint8_t* bits, uint64_t begin, uint64_t end, Bits value, uint8_t* out) {
   Bits* o = reinterpret_cast<Bits*>(out);
-#if ACTZIP_AVX2_MASKS
+#if ACTZIP_AVX2_PASSES
   if (sizeof(Bits) == 4 && detail::avx2_passes_on())
     begin += unpack32_avx2(bits + begin / 8, end - begin, uint32_t(value), reinterpret_cast<uint32_t*>(o) + begin);
 #endif

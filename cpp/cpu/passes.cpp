@@ -9,11 +9,8 @@
 #include <algorithm>
 #include <cstring>
 
-#if defined(__GNUC__) && defined(__x86_64__)
+#if ACTZIP_AVX2_PASSES
 #include <cpuid.h>
-#include <immintrin.h>
-#define ACTZIP_AVX2_PASSES 1
-#define ACTZIP_TARGET_AVX2 __attribute__((target("avx2,popcnt")))
 #endif
 
 namespace actzip {

@@ -16,6 +16,13 @@
 #include "codec/element.h"
 #include "codec/huffman.h"
 
+// Hand-written AVX2 loops (dispatched at run time, see avx2_passes_on()).
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define ACTZIP_AVX2_PASSES 1
+#define ACTZIP_TARGET_AVX2 __attribute__((target("avx2,popcnt")))
+#endif
+
 // Hot loops get a clone for AVX2 where the platform can dispatch on it at load time.
 #if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(__clang__)
 #define ACTZIP_MULTIVERSION __attribute__((target_clones("avx2", "default")))

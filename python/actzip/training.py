@@ -65,6 +65,8 @@ __all__ = ["ActivationCompressor", "compressed_activations"]
 
 _FLOAT_DTYPES = frozenset({torch.float32, torch.float16, torch.bfloat16})
 _KEPT, _COMPRESSED, _BITS = 0, 1, 2
+_BITS_VIEW = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
+
 # A CPU tensor's sampled predictors and codebooks serve it for this many later steps, while
 # the bound its layer asks for stays within a factor _REUSE_REQUEST_DRIFT of the one they
 # were sampled at and, in "rel" mode, the absolute bound (which follows the values' range)
@@ -76,11 +78,6 @@ _KEPT, _COMPRESSED, _BITS = 0, 1, 2
 _REUSE_STEPS = 8
 _REUSE_REQUEST_DRIFT = 1.02
 _REUSE_RANGE_DRIFT = 1.25
-
-
-def _within(factor: float, bound: float, sampled_at: float) -> bool:
-    return sampled_at / factor <= bound <= sampled_at * factor
-_BITS_VIEW = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
 
 #: Layer names for tensors saved outside any named module.
 ROOT_LAYER = "(model)"      # inside the model's own forward, outside its submodules
@@ -194,6 +191,26 @@ class _Saved:
         if accounting is not None:
             accounting.live_raw -= self.raw_bytes
             accounting.live_stored -= self.stored_bytes
+
+
+class _KeptChoices:
+    """A CPU tensor's codec choices (about 27 KB of host memory) and what they were
+    sampled at, for the same tensor at later steps."""
+
+    __slots__ = ("choices", "uses", "requested", "error_bound")
+
+    def __init__(self, choices: Any, requested: float, error_bound: float) -> None:
+        self.choices = choices
+        self.uses = 0
+        self.requested = requested      # the bound asked for
+        self.error_bound = error_bound  # the absolute bound it meant
+
+    def serves(self, requested: float) -> bool:
+        return self.uses < _REUSE_STEPS and _within(_REUSE_REQUEST_DRIFT, requested, self.requested)
+
+
+def _within(factor: float, value: float, reference: float) -> bool:
+    return reference / factor <= value <= reference * factor
 
 
 class _LayerStep:
@@ -354,9 +371,9 @@ class ActivationCompressor:
         # its rank among the layer's tensors of that shape this step): the same tensor at
         # the next steps is coded with them and skips the codec's sampling pass (a fifth of
         # compression), until it has served _REUSE_STEPS steps or its bound has moved
-        # (see _REUSE_REQUEST_DRIFT). Each value: [choices (about 27 KB of host memory),
-        # uses, requested bound and absolute bound when sampled].
-        self._choices: Dict[tuple, list] = {}
+        # (see _REUSE_REQUEST_DRIFT).
+        self._choices: Dict[tuple, _KeptChoices] = {}
+        self._choice_ranks: Dict[tuple, int] = {}  # this step's tensors a (layer, shape, dtype)
         # Status words of GPU decodes not yet read: backward does not wait for the device
         # to learn whether a stream was intact; step() and leaving the context do.
         self._unchecked: List[torch.Tensor] = []
@@ -673,18 +690,16 @@ class ActivationCompressor:
         rank = self._choice_ranks.get(base, 0)
         self._choice_ranks[base] = rank + 1
         key = base + (rank,)
-        entry = self._choices.get(key)
-        reuse = None
-        if entry is not None and entry[1] < _REUSE_STEPS and _within(_REUSE_REQUEST_DRIFT, bound, entry[2]):
-            reuse = entry[0]
-        compressed, choices = codec._compress_cpu_reusing(view, bound, self.mode, reuse)
-        if reuse is None:
-            self._choices[key] = [choices, 0, bound, compressed.error_bound]
+        kept = self._choices.get(key)
+        if kept is None or not kept.serves(bound):
+            compressed, choices = codec._compress_cpu_reusing(view, bound, self.mode, None)
+            self._choices[key] = _KeptChoices(choices, bound, compressed.error_bound)
             return compressed
-        entry[1] += 1
+        compressed, _ = codec._compress_cpu_reusing(view, bound, self.mode, kept.choices)
+        kept.uses += 1
         self._step_counts["choices_reused"] += 1
-        if not _within(_REUSE_RANGE_DRIFT, compressed.error_bound, entry[3]):  # the values' range moved (rel)
-            entry[1] = _REUSE_STEPS  # sample again next time
+        if not _within(_REUSE_RANGE_DRIFT, compressed.error_bound, kept.error_bound):  # the values' range moved (rel)
+            kept.uses = _REUSE_STEPS  # sample again next time
         return compressed
 
     @staticmethod
@@ -883,12 +898,12 @@ class ActivationCompressor:
         self._step_counts = {
             "compressed": 0, "shared": 0, "kept": 0, "masks": 0, "failures": 0, "parameters": 0, "choices_reused": 0,
         }
-        if getattr(self, "_choice_ranks", None):
+        if self._choice_ranks:
             # Choices of tensors the step just ended did not make are dropped: shapes that
             # come and go (the last, smaller batch; sequences of varying length) hold none.
             made = self._choice_ranks
             self._choices = {k: v for k, v in self._choices.items() if k[3] < made.get(k[:3], 0)}
-        self._choice_ranks: Dict[tuple, int] = {}
+            self._choice_ranks = {}
         self._layers: Dict[str, _LayerStep] = {}
         self._bounds: Dict[str, Optional[float]] = {}
         self._shared_from: Dict[str, List[str]] = {}
