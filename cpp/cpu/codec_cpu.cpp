@@ -91,15 +91,13 @@ struct ChunkPlan {
 };
 
 // Classification is the hot loop of sampling: each dtype gets a function of its own,
-// cloned for AVX-512 and AVX2 where the platform can dispatch on them (passes.h).
+// cloned for AVX-512 and AVX2 where the platform can dispatch on them (passes.h); float32
+// takes the main pass's classify_codes_f32(), which has a binary32 shortcut.
 
 template <int kDT, class T>
 inline void classify_loop(const T* __restrict x, uint32_t n, const Quantizer& quantizer, int32_t* __restrict codes) {
   const Quantizer qz = quantizer;  // a local copy: no aliasing with codes
   for (uint32_t i = 0; i < n; ++i) codes[i] = classify_code<kDT>(load_elem<kDT>(x, i), qz);
-}
-ACTZIP_MULTIVERSION_WIDE void classify_f32(const float* x, uint32_t n, const Quantizer& qz, int32_t* codes) {
-  classify_loop<1>(x, n, qz, codes);
 }
 ACTZIP_MULTIVERSION_WIDE void classify_f16(const uint16_t* x, uint32_t n, const Quantizer& qz, int32_t* codes) {
   classify_loop<2>(x, n, qz, codes);
@@ -110,7 +108,11 @@ ACTZIP_MULTIVERSION_WIDE void classify_bf16(const uint16_t* x, uint32_t n, const
 
 template <int kDT>
 void classify_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const Quantizer& qz, int32_t* codes) {
-  if constexpr (kDT == 1) classify_f32(reinterpret_cast<const float*>(data) + begin, elems, qz, codes);
+  if constexpr (kDT == 1) {
+    uint32_t zeros, outliers;  // (not needed here)
+    classify_codes_f32(reinterpret_cast<const float*>(data) + begin, elems, qz, codes, nullptr, nullptr, &zeros,
+                       &outliers);
+  }
   else if constexpr (kDT == 2) classify_f16(reinterpret_cast<const uint16_t*>(data) + begin, elems, qz, codes);
   else classify_bf16(reinterpret_cast<const uint16_t*>(data) + begin, elems, qz, codes);
 }

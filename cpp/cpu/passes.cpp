@@ -161,6 +161,58 @@ inline uint32_t u_of_code(int32_t c) {
 // Blocks of classification, each followed by the outputs derived from its codes while
 // they are in L1; two loops, because GCC threads the counts' tests into the classifying
 // loop's selects, and that loop then does not vectorize.
+#if ACTZIP_AVX2_PASSES
+// classify_code<1>() of eight float32 values at a time in binary32 arithmetic, where that
+// gives the very codes of the definition, whose quotient |x| / step is a double: with
+// 1 / step a normal float (relative error 2^-24) and one float product (2^-24 more), the
+// float quotient y' is within |y| 2^-22.9 of the double one y, under 2^-10.9 while y' <
+// 4096. So where y' < 4096 and y' is more than 2^-10 from a half-integer, y' and y round to
+// the same integer m, and m sets the rest exactly as classify_code() does (the reconstructed
+// magnitude, the error check, the sign), in the same float operations. Groups of eight
+// with any other lane (a quotient near a tie, 4096 or more, NaN or Inf) take
+// classify_code() itself. Returns how many elements it classified (a multiple of eight).
+ACTZIP_TARGET_AVX2 uint32_t classify_f32_avx2(const float* __restrict x, uint32_t n, const Quantizer& qz,
+                                              int32_t* __restrict codes) {
+  const float inv = float(qz.inv_step);
+  if (!(inv >= 1.17549435e-38f && inv <= 3.40282347e38f)) return 0;  // not a normal float
+  const __m256 vinv = _mm256_set1_ps(inv);
+  const __m256 vstep = _mm256_set1_ps(qz.step);
+  const __m256 vquarter = _mm256_set1_ps(qz.quarter_step);
+  const __m256 vbound = _mm256_set1_ps(qz.error_bound_down);
+  const __m256 vlimit = _mm256_set1_ps(4096.0f);
+  const __m256 vsafe = _mm256_set1_ps(0.5f - 0.0009765625f);  // 2^-10 from a tie
+  const __m256 vabs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  const __m256i vone = _mm256_set1_epi32(1);
+  const __m256i vnegzero = _mm256_set1_epi32(int32_t(0x80000000u));
+  const __m256i voutlier = _mm256_set1_epi32(kOutlierCode);
+  const __m256 vzero = _mm256_setzero_ps();
+  uint32_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i xb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i));
+    const __m256 ax = _mm256_and_ps(_mm256_castsi256_ps(xb), vabs);
+    const __m256 y = _mm256_mul_ps(ax, vinv);
+    const __m256 r = _mm256_round_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256 dist = _mm256_and_ps(_mm256_sub_ps(y, r), vabs);  // exact: y, r this close
+    const __m256 safe = _mm256_and_ps(_mm256_cmp_ps(y, vlimit, _CMP_LT_OQ), _mm256_cmp_ps(dist, vsafe, _CMP_LT_OQ));
+    if (_mm256_movemask_ps(safe) != 0xFF) {
+      for (uint32_t k = 0; k < 8; ++k) codes[i + k] = classify_code<1>(x[i + k], qz);
+      continue;
+    }
+    const __m256i m = _mm256_cvtps_epi32(r);  // exact: r is an integer below 4096
+    const __m256 m_is_0 = _mm256_cmp_ps(r, vzero, _CMP_EQ_OQ);
+    const __m256 mag = _mm256_blendv_ps(_mm256_mul_ps(r, vstep), vquarter, m_is_0);
+    const __m256 err = _mm256_and_ps(_mm256_sub_ps(ax, mag), vabs);
+    const __m256 ok = _mm256_and_ps(_mm256_cmp_ps(err, vbound, _CMP_LE_OQ), _mm256_cmp_ps(mag, vzero, _CMP_NEQ_OQ));
+    const __m256i coded = _mm256_andnot_si256(_mm256_cmpeq_epi32(xb, vnegzero), _mm256_castps_si256(ok));
+    // (m + 1) with x's sign; sign_epi32 gives 0 where x is +0.0, whose code is 0.
+    const __m256i c = _mm256_sign_epi32(_mm256_add_epi32(m, vone), xb);
+    const __m256i keep = _mm256_or_si256(coded, _mm256_cmpeq_epi32(xb, _mm256_setzero_si256()));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + i), _mm256_blendv_epi8(voutlier, c, keep));
+  }
+  return i;
+}
+#endif
+
 template <int kDT, bool kQ, bool kU, class T>
 inline void classify_codes_loop(const T* __restrict x, uint32_t n, const Quantizer& quantizer,
                                 int32_t* __restrict codes, int32_t* __restrict q_out, uint32_t* __restrict u_out,
@@ -170,7 +222,13 @@ inline void classify_codes_loop(const T* __restrict x, uint32_t n, const Quantiz
   uint32_t z = 0, o = 0;
   for (uint32_t i0 = 0; i0 < n; i0 += kBlock) {
     const uint32_t end = std::min(n, i0 + kBlock);
-    for (uint32_t i = i0; i < end; ++i) codes[i] = classify_code<kDT>(load_elem<kDT>(x, i), qz);
+    uint32_t from = i0;
+#if ACTZIP_AVX2_PASSES
+    if constexpr (kDT == 1) {
+      if (avx2_passes) from += classify_f32_avx2(x + i0, end - i0, qz, codes + i0);
+    }
+#endif
+    for (uint32_t i = from; i < end; ++i) codes[i] = classify_code<kDT>(load_elem<kDT>(x, i), qz);
     for (uint32_t i = i0; i < end; ++i) {
       const int32_t c = codes[i];
       if (kQ) q_out[i] = c == kOutlierCode ? 0 : code_to_q(c);
