@@ -112,9 +112,11 @@ void classify_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const Q
     uint32_t zeros, outliers;  // (not needed here)
     classify_codes_f32(reinterpret_cast<const float*>(data) + begin, elems, qz, codes, nullptr, nullptr, &zeros,
                        &outliers);
+  } else if constexpr (kDT == 2) {
+    classify_f16(reinterpret_cast<const uint16_t*>(data) + begin, elems, qz, codes);
+  } else {
+    classify_bf16(reinterpret_cast<const uint16_t*>(data) + begin, elems, qz, codes);
   }
-  else if constexpr (kDT == 2) classify_f16(reinterpret_cast<const uint16_t*>(data) + begin, elems, qz, codes);
-  else classify_bf16(reinterpret_cast<const uint16_t*>(data) + begin, elems, qz, codes);
 }
 
 
