@@ -31,7 +31,8 @@ weighs on all of them alike. Columns:
   while it is recomputed). save_on_cpu: bytes it holds in host memory; on a CPU run that is
   the same memory as the device's, so it saves nothing there;
 - step time: mean wall time of a step (forward, backward, optimizer, actzip's step) after
-  3 warm-up steps, and its ratio to baseline.
+  3 warm-up steps, and its ratio to baseline;
+- codec ms: actzip's mean milliseconds a step compressing + decompressing.
 
 Usage::
 
@@ -405,7 +406,7 @@ def lm_task(args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
 
 def table(results: List[Dict[str, Any]], metric_name: str, higher_is_better: bool) -> str:
     baseline = next(r for r in results if r["method"] == "baseline")
-    header = ["method", metric_name, "vs baseline", "peak saved", "reduction", "step time", "time ratio"]
+    header = ["method", metric_name, "vs baseline", "peak saved", "reduction", "step time", "time ratio", "codec ms"]
     rows = []
     for r in results:
         if higher_is_better:
@@ -424,6 +425,11 @@ def table(results: List[Dict[str, Any]], metric_name: str, higher_is_better: boo
                 f"{baseline['peak_raw_bytes'] / r['peak_saved_bytes']:.1f}x" if r["peak_saved_bytes"] else "inf",
                 f"{r['step_seconds'] * 1e3:.0f} ms",
                 f"{r['step_seconds'] / baseline['step_seconds']:.2f}",
+                (
+                    f"{r['compress_seconds_per_step'] * 1e3:.0f} + {r['decompress_seconds_per_step'] * 1e3:.0f}"
+                    if "compress_seconds_per_step" in r
+                    else ""
+                ),
             ]
         )
     widths = [max(len(header[i]), *(len(row[i]) for row in rows)) for i in range(len(header))]
