@@ -92,7 +92,7 @@ struct ChunkPlan {
 
 // Classification is the hot loop of sampling: each dtype gets a function of its own,
 // cloned for AVX-512 and AVX2 where the platform can dispatch on them (passes.h); float32
-// takes the main pass's classify_codes_f32(), which has a binary32 shortcut.
+// and bfloat16 take the main pass's classify_codes_*(), which have a binary32 shortcut.
 
 template <int kDT, class T>
 inline void classify_loop(const T* __restrict x, uint32_t n, const Quantizer& quantizer, int32_t* __restrict codes) {
@@ -101,9 +101,6 @@ inline void classify_loop(const T* __restrict x, uint32_t n, const Quantizer& qu
 }
 ACTZIP_MULTIVERSION_WIDE void classify_f16(const uint16_t* x, uint32_t n, const Quantizer& qz, int32_t* codes) {
   classify_loop<2>(x, n, qz, codes);
-}
-ACTZIP_MULTIVERSION_WIDE void classify_bf16(const uint16_t* x, uint32_t n, const Quantizer& qz, int32_t* codes) {
-  classify_loop<3>(x, n, qz, codes);
 }
 
 template <int kDT>
@@ -115,7 +112,9 @@ void classify_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const Q
   } else if constexpr (kDT == 2) {
     classify_f16(reinterpret_cast<const uint16_t*>(data) + begin, elems, qz, codes);
   } else {
-    classify_bf16(reinterpret_cast<const uint16_t*>(data) + begin, elems, qz, codes);
+    uint32_t zeros, outliers;
+    classify_codes_bf16(reinterpret_cast<const uint16_t*>(data) + begin, elems, qz, codes, nullptr, nullptr, &zeros,
+                        &outliers);
   }
 }
 

@@ -162,7 +162,8 @@ inline uint32_t u_of_code(int32_t c) {
 // they are in L1; two loops, because GCC threads the counts' tests into the classifying
 // loop's selects, and that loop then does not vectorize.
 #if ACTZIP_AVX2_PASSES
-// classify_code<1>() of eight float32 values at a time in binary32 arithmetic, where that
+// classify_code<kDT>() of eight float32 (kDT 1) or bfloat16 (kDT 3) values at a time in
+// binary32 arithmetic, where that
 // gives the very codes of the definition, whose quotient |x| / step is a double: with
 // 1 / step a normal float (relative error 2^-24) and one float product (2^-24 more), the
 // float quotient y' is within |y| 2^-22.9 of the double one y, under 2^-10.9 while y' <
@@ -170,9 +171,13 @@ inline uint32_t u_of_code(int32_t c) {
 // the same integer m, and m sets the rest exactly as classify_code() does (the reconstructed
 // magnitude, the error check, the sign), in the same float operations. Groups of eight
 // with any other lane (a quotient near a tie, 4096 or more, NaN or Inf) take
-// classify_code() itself. Returns how many elements it classified (a multiple of eight).
-ACTZIP_TARGET_AVX2 uint32_t classify_f32_avx2(const float* __restrict x, uint32_t n, const Quantizer& qz,
-                                              int32_t* __restrict codes) {
+// classify_code() itself. (bfloat16 widens to binary32 exactly, and its magnitude is
+// rounded back to bfloat16 with the integer round-to-nearest-even of f32_to_bf16().)
+// Returns how many elements it classified (a multiple of eight).
+template <int kDT, class T>
+ACTZIP_TARGET_AVX2 uint32_t classify_avx2(const T* __restrict x, uint32_t n, const Quantizer& qz,
+                                          int32_t* __restrict codes) {
+  static_assert(kDT == 1 || kDT == 3, "float32 and bfloat16");
   const float inv = float(qz.inv_step);
   if (!(inv >= 1.17549435e-38f && inv <= 3.40282347e38f)) return 0;  // not a normal float
   const __m256 vinv = _mm256_set1_ps(inv);
@@ -188,19 +193,31 @@ ACTZIP_TARGET_AVX2 uint32_t classify_f32_avx2(const float* __restrict x, uint32_
   const __m256 vzero = _mm256_setzero_ps();
   uint32_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    const __m256i xb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i));
+    __m256i xb;
+    if constexpr (kDT == 1) {
+      xb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i));
+    } else {
+      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i));
+      xb = _mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16);
+    }
     const __m256 ax = _mm256_and_ps(_mm256_castsi256_ps(xb), vabs);
     const __m256 y = _mm256_mul_ps(ax, vinv);
     const __m256 r = _mm256_round_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m256 dist = _mm256_and_ps(_mm256_sub_ps(y, r), vabs);  // exact: y, r this close
     const __m256 safe = _mm256_and_ps(_mm256_cmp_ps(y, vlimit, _CMP_LT_OQ), _mm256_cmp_ps(dist, vsafe, _CMP_LT_OQ));
     if (_mm256_movemask_ps(safe) != 0xFF) {
-      for (uint32_t k = 0; k < 8; ++k) codes[i + k] = classify_code<1>(x[i + k], qz);
+      for (uint32_t k = 0; k < 8; ++k) codes[i + k] = classify_code<kDT>(load_elem<kDT>(x, i + k), qz);
       continue;
     }
     const __m256i m = _mm256_cvtps_epi32(r);  // exact: r is an integer below 4096
     const __m256 m_is_0 = _mm256_cmp_ps(r, vzero, _CMP_EQ_OQ);
-    const __m256 mag = _mm256_blendv_ps(_mm256_mul_ps(r, vstep), vquarter, m_is_0);
+    __m256 mag = _mm256_blendv_ps(_mm256_mul_ps(r, vstep), vquarter, m_is_0);
+    if constexpr (kDT == 3) {  // f32_to_bf16() and back: mag is positive and not NaN
+      const __m256i bits = _mm256_castps_si256(mag);
+      const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), vone);
+      const __m256i rounded = _mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7FFF)), lsb);
+      mag = _mm256_castsi256_ps(_mm256_and_si256(rounded, _mm256_set1_epi32(int32_t(0xFFFF0000u))));
+    }
     const __m256 err = _mm256_and_ps(_mm256_sub_ps(ax, mag), vabs);
     const __m256 ok = _mm256_and_ps(_mm256_cmp_ps(err, vbound, _CMP_LE_OQ), _mm256_cmp_ps(mag, vzero, _CMP_NEQ_OQ));
     const __m256i coded = _mm256_andnot_si256(_mm256_cmpeq_epi32(xb, vnegzero), _mm256_castps_si256(ok));
@@ -224,8 +241,8 @@ inline void classify_codes_loop(const T* __restrict x, uint32_t n, const Quantiz
     const uint32_t end = std::min(n, i0 + kBlock);
     uint32_t from = i0;
 #if ACTZIP_AVX2_PASSES
-    if constexpr (kDT == 1) {
-      if (avx2_passes) from += classify_f32_avx2(x + i0, end - i0, qz, codes + i0);
+    if constexpr (kDT == 1 || kDT == 3) {
+      if (avx2_passes) from += classify_avx2<kDT>(x + i0, end - i0, qz, codes + i0);
     }
 #endif
     for (uint32_t i = from; i < end; ++i) codes[i] = classify_code<kDT>(load_elem<kDT>(x, i), qz);

@@ -393,42 +393,75 @@ ACTZIP_TEST(classify_codes_matches_classify_code_with_q_u_and_counts) {
   }
 }
 
-// float32 classification takes a binary32 shortcut for groups of eight whose quotients
-// |x| / step lie well away from ties and below 4096; the codes must still be those of
-// classify_code(). Values at and a few ulps around the ties m + 1/2, near 4096 and from 2^20 to 2^22 steps
-// (where binary32 quotients round the other way for some steps),
+// float32 and bfloat16 classification take a binary32 shortcut for groups of eight whose
+// quotients |x| / step lie well away from ties and below 4096; the codes must still be
+// those of classify_code(). Values at and a few ulps around the ties m + 1/2, near 4096 and
+// from 2^20 to 2^22 steps (where binary32 quotients round the other way for some steps),
 // in groups mixed with ordinary values, under steps of 1 to 8 significant bits, and steps
-// whose reciprocal is not a normal float (shortcut off).
-ACTZIP_TEST(classify_codes_f32_shortcut_agrees_at_ties_and_limits) {
+// whose reciprocal is not a normal float (shortcut off). bfloat16 also checks the rounding
+// of the reconstructed magnitude to bfloat16.
+ACTZIP_TEST(classify_codes_shortcut_agrees_at_ties_and_limits) {
   std::mt19937 rng(21);
   const float steps[] = {0.015625f, 0.01171875f, 0.0107421875f, 3.0f, 1.9921875f, 1e-3f * 0.99609375f,
                          std::ldexp(1.0f, -130), std::ldexp(1.5f, 127)};
   on_both_paths([&](bool portable) {
-    for (float step : steps) {
-      const Quantizer qz = make_quantizer(double(step) * 0.6, step);  // a tie is codable either way
-      const uint32_t n = 4096 + 5;
-      std::vector<float> x(n);
-      for (uint32_t i = 0; i < n; ++i) {
-        const uint32_t pick = rng() % 8;
-        const double m = pick < 4 ? double(rng() % 64) : pick < 6 ? double(4090 + rng() % 12) : double((1u << 20) + rng() % (3u << 20));
-        float v = float((m + (pick % 2 ? 0.5 : 0.25)) * double(step));  // a tie, or a quarter
-        const int32_t ulps = int32_t(rng() % 7) - 3;
-        v = bits_f32(uint32_t(int32_t(f32_bits(v)) + ulps));
-        if (rng() % 3 == 0) v = -v;
-        if (rng() % 50 == 0) v = 0.0f;
-        x[i] = v;
-      }
-      std::vector<int32_t> codes(n);
-      uint32_t zeros = 0, outliers = 0;
-      classify_codes_f32(x.data(), n, qz, codes.data(), nullptr, nullptr, &zeros, &outliers);
-      uint32_t wrong = 0, first = n;
-      for (uint32_t i = 0; i < n; ++i)
-        if (codes[i] != classify_code<1>(x[i], qz)) {
-          ++wrong;
-          first = std::min(first, i);
+    for (int dt : {1, 3}) {
+      for (float step : steps) {
+        const Quantizer qz = make_quantizer(double(step) * 0.6, step);  // a tie is codable either way
+        const uint32_t n = 4096 + 5;
+        std::vector<float> x(n);
+        std::vector<uint16_t> h(n);
+        for (uint32_t i = 0; i < n; ++i) {
+          const uint32_t pick = rng() % 8;
+          const double m = pick < 4   ? double(rng() % 64)
+                           : pick < 6 ? double(4090 + rng() % 12)
+                                      : double((1u << 20) + rng() % (3u << 20));
+          float v = float((m + (pick % 2 ? 0.5 : 0.25)) * double(step));  // a tie, or a quarter
+          const int32_t ulps = int32_t(rng() % 7) - 3;
+          v = bits_f32(uint32_t(int32_t(f32_bits(v)) + ulps));
+          if (rng() % 3 == 0) v = -v;
+          if (rng() % 50 == 0) v = 0.0f;
+          x[i] = v;
+          h[i] = uint16_t(f32_to_bf16(v) + ulps);  // bfloat16 ulps around the rounded value
         }
-      ACTZIP_CHECK(wrong == 0, "portable=%d step=%g: %u codes differ, first at %u (x=%.9g)", portable, double(step),
-                   wrong, first, first < n ? double(x[first]) : 0.0);
+        std::vector<int32_t> codes(n);
+        uint32_t zeros = 0, outliers = 0;
+        if (dt == 1) classify_codes_f32(x.data(), n, qz, codes.data(), nullptr, nullptr, &zeros, &outliers);
+        else classify_codes_bf16(h.data(), n, qz, codes.data(), nullptr, nullptr, &zeros, &outliers);
+        uint32_t wrong = 0, first = n;
+        for (uint32_t i = 0; i < n; ++i) {
+          const int32_t c = dt == 1 ? classify_code<1>(x[i], qz) : classify_code<3>(load_elem<3>(h.data(), i), qz);
+          if (codes[i] != c) {
+            ++wrong;
+            first = std::min(first, i);
+          }
+        }
+        ACTZIP_CHECK(wrong == 0, "portable=%d dtype=%d step=%g: %u codes differ, first at %u", portable, dt,
+                     double(step), wrong, first);
+      }
+    }
+  });
+}
+
+// Every bfloat16 value, classified in one chunk-sized call, under steps of 1 to 8
+// significant bits and bounds at and just above half a step, where the rounding of the
+// reconstructed magnitude to bfloat16 (ties to even) decides between coded and outlier.
+ACTZIP_TEST(classify_codes_bf16_matches_classify_code_for_every_value) {
+  std::vector<uint16_t> h(65536);
+  for (uint32_t i = 0; i < h.size(); ++i) h[i] = uint16_t(i);
+  const float steps[] = {1.9921875f, 0.01171875f, 0.0107421875f, 3.0f, 0.0625f};
+  std::vector<int32_t> codes(h.size());
+  on_both_paths([&](bool portable) {
+    for (float step : steps) {
+      for (double bound : {0.5 * step, 0.5 * step * (1 + 1.0 / 256), 0.5 * step * (1 + 1.0 / 64)}) {
+        const Quantizer qz = make_quantizer(bound, step);
+        uint32_t zeros = 0, outliers = 0, wrong = 0, first = 0;
+        classify_codes_bf16(h.data(), uint32_t(h.size()), qz, codes.data(), nullptr, nullptr, &zeros, &outliers);
+        for (uint32_t i = 0; i < h.size(); ++i)
+          if (codes[i] != classify_code<3>(load_elem<3>(h.data(), i), qz) && wrong++ == 0) first = i;
+        ACTZIP_CHECK(wrong == 0, "portable=%d step=%g bound=%g: %u codes differ, first for 0x%04x", portable,
+                     double(step), bound, wrong, first);
+      }
     }
   });
 }
