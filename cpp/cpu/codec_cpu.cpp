@@ -90,35 +90,21 @@ struct ChunkPlan {
   uint8_t kind = kChunkZero;
 };
 
-// Classification is the hot loop of sampling: each dtype gets a function of its own,
-// cloned for AVX-512 and AVX2 where the platform can dispatch on them (passes.h); float32
-// and bfloat16 take the main pass's classify_codes_*(), which have a binary32 shortcut.
-
-template <int kDT, class T>
-inline void classify_loop(const T* __restrict x, uint32_t n, const Quantizer& quantizer, int32_t* __restrict codes) {
-  const Quantizer qz = quantizer;  // a local copy: no aliasing with codes
-  for (uint32_t i = 0; i < n; ++i) codes[i] = classify_code<kDT>(load_elem<kDT>(x, i), qz);
-}
-ACTZIP_MULTIVERSION_WIDE void classify_f16(const uint16_t* x, uint32_t n, const Quantizer& qz, int32_t* codes) {
-  classify_loop<2>(x, n, qz, codes);
-}
-
+// Classification is the hot loop of sampling: the main pass's classify_codes_*() (passes.h),
+// with their binary32 shortcut, the counts left unused.
 template <int kDT>
 void classify_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const Quantizer& qz, int32_t* codes) {
-  if constexpr (kDT == 1) {
-    uint32_t zeros, outliers;  // (not needed here)
+  uint32_t zeros, outliers;
+  if constexpr (kDT == 1)
     classify_codes_f32(reinterpret_cast<const float*>(data) + begin, elems, qz, codes, nullptr, nullptr, &zeros,
                        &outliers);
-  } else if constexpr (kDT == 2) {
-    classify_f16(reinterpret_cast<const uint16_t*>(data) + begin, elems, qz, codes);
-  } else {
-    uint32_t zeros, outliers;
+  else if constexpr (kDT == 2)
+    classify_codes_f16(reinterpret_cast<const uint16_t*>(data) + begin, elems, qz, codes, nullptr, nullptr, &zeros,
+                       &outliers);
+  else
     classify_codes_bf16(reinterpret_cast<const uint16_t*>(data) + begin, elems, qz, codes, nullptr, nullptr, &zeros,
                         &outliers);
-  }
 }
-
-
 
 // The zeros before a chunk's q grid: the 2-D predictor reads up to kMax2DRow + 1 elements back.
 inline constexpr uint32_t kGridPad = pad8(kMax2DRow + 1);
@@ -290,7 +276,23 @@ inline void range_loop(const T* __restrict x, uint32_t n, int32_t* lo, int32_t* 
   *hi = mx;
 }
 ACTZIP_MULTIVERSION_WIDE void range_f32(const float* x, uint32_t n, int32_t* lo, int32_t* hi) { range_loop<1>(x, n, lo, hi); }
-ACTZIP_MULTIVERSION_WIDE void range_f16(const uint16_t* x, uint32_t n, int32_t* lo, int32_t* hi) { range_loop<2>(x, n, lo, hi); }
+// float16 is widened a block at a time first (f16_to_f32() has branches that would keep
+// the loop from vectorizing).
+void range_f16(const uint16_t* x, uint32_t n, int32_t* lo, int32_t* hi) {
+  constexpr uint32_t kBlock = 2048;
+  float wide[kBlock];
+  int32_t mn = INT32_MAX, mx = INT32_MIN;
+  for (uint32_t i = 0; i < n; i += kBlock) {
+    const uint32_t m = std::min(kBlock, n - i);
+    widen_f16(x + i, m, wide);
+    int32_t l, h;
+    range_f32(wide, m, &l, &h);
+    mn = std::min(mn, l);
+    mx = std::max(mx, h);
+  }
+  *lo = mn;
+  *hi = mx;
+}
 ACTZIP_MULTIVERSION_WIDE void range_bf16(const uint16_t* x, uint32_t n, int32_t* lo, int32_t* hi) { range_loop<3>(x, n, lo, hi); }
 
 // The finite minimum and maximum of a chunk (+Inf and -Inf when it has no finite element).

@@ -84,6 +84,19 @@ bool cpu_has_bmi2() {
   return yes;
 }
 bool bmi2_passes = cpu_has_bmi2();
+
+// F16C converts between binary16 and binary32 eight lanes at a time, with the IEEE rounding
+// (to nearest even) of f32_to_f16().
+bool cpu_has_f16c() {
+  static const bool yes = [] {
+    __builtin_cpu_init();
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    return cpu_has_avx2() && __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) != 0;
+  }();
+  return yes;
+}
+bool f16c_passes = cpu_has_f16c();
+#define ACTZIP_TARGET_F16C __attribute__((target("avx2,f16c,popcnt")))
 #define ACTZIP_TARGET_BMI2 __attribute__((target("bmi,bmi2")))
 
 // pext/pdep take a few cycles on Intel since Haswell and on AMD since Zen 3 (family 19h);
@@ -162,8 +175,7 @@ inline uint32_t u_of_code(int32_t c) {
 // they are in L1; two loops, because GCC threads the counts' tests into the classifying
 // loop's selects, and that loop then does not vectorize.
 #if ACTZIP_AVX2_PASSES
-// classify_code<kDT>() of eight float32 (kDT 1) or bfloat16 (kDT 3) values at a time in
-// binary32 arithmetic, where that
+// classify_code<kDT>() of eight values at a time in binary32 arithmetic, where that
 // gives the very codes of the definition, whose quotient |x| / step is a double: with
 // 1 / step a normal float (relative error 2^-24) and one float product (2^-24 more), the
 // float quotient y' is within |y| 2^-22.9 of the double one y, under 2^-10.9 while y' <
@@ -171,13 +183,13 @@ inline uint32_t u_of_code(int32_t c) {
 // the same integer m, and m sets the rest exactly as classify_code() does (the reconstructed
 // magnitude, the error check, the sign), in the same float operations. Groups of eight
 // with any other lane (a quotient near a tie, 4096 or more, NaN or Inf) take
-// classify_code() itself. (bfloat16 widens to binary32 exactly, and its magnitude is
-// rounded back to bfloat16 with the integer round-to-nearest-even of f32_to_bf16().)
-// Returns how many elements it classified (a multiple of eight).
+// classify_code() itself. float16 and bfloat16 widen to binary32 exactly, and the
+// magnitude is rounded back as round_to_dtype() does: with F16C's round-to-nearest-even
+// (float16; called only where f16c_passes), or f32_to_bf16()'s integer one. Returns how
+// many elements it classified (a multiple of eight).
 template <int kDT, class T>
-ACTZIP_TARGET_AVX2 uint32_t classify_avx2(const T* __restrict x, uint32_t n, const Quantizer& qz,
+ACTZIP_TARGET_F16C uint32_t classify_avx2(const T* __restrict x, uint32_t n, const Quantizer& qz,
                                           int32_t* __restrict codes) {
-  static_assert(kDT == 1 || kDT == 3, "float32 and bfloat16");
   const float inv = float(qz.inv_step);
   if (!(inv >= 1.17549435e-38f && inv <= 3.40282347e38f)) return 0;  // not a normal float
   const __m256 vinv = _mm256_set1_ps(inv);
@@ -196,6 +208,8 @@ ACTZIP_TARGET_AVX2 uint32_t classify_avx2(const T* __restrict x, uint32_t n, con
     __m256i xb;
     if constexpr (kDT == 1) {
       xb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i));
+    } else if constexpr (kDT == 2) {
+      xb = _mm256_castps_si256(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i))));
     } else {
       const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i));
       xb = _mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16);
@@ -212,7 +226,9 @@ ACTZIP_TARGET_AVX2 uint32_t classify_avx2(const T* __restrict x, uint32_t n, con
     const __m256i m = _mm256_cvtps_epi32(r);  // exact: r is an integer below 4096
     const __m256 m_is_0 = _mm256_cmp_ps(r, vzero, _CMP_EQ_OQ);
     __m256 mag = _mm256_blendv_ps(_mm256_mul_ps(r, vstep), vquarter, m_is_0);
-    if constexpr (kDT == 3) {  // f32_to_bf16() and back: mag is positive and not NaN
+    if constexpr (kDT == 2) {
+      mag = _mm256_cvtph_ps(_mm256_cvtps_ph(mag, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    } else if constexpr (kDT == 3) {  // f32_to_bf16() and back: mag is positive and not NaN
       const __m256i bits = _mm256_castps_si256(mag);
       const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), vone);
       const __m256i rounded = _mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7FFF)), lsb);
@@ -241,9 +257,7 @@ inline void classify_codes_loop(const T* __restrict x, uint32_t n, const Quantiz
     const uint32_t end = std::min(n, i0 + kBlock);
     uint32_t from = i0;
 #if ACTZIP_AVX2_PASSES
-    if constexpr (kDT == 1 || kDT == 3) {
-      if (avx2_passes) from += classify_avx2<kDT>(x + i0, end - i0, qz, codes + i0);
-    }
+    if (kDT == 2 ? f16c_passes : avx2_passes) from += classify_avx2<kDT>(x + i0, end - i0, qz, codes + i0);
 #endif
     for (uint32_t i = from; i < end; ++i) codes[i] = classify_code<kDT>(load_elem<kDT>(x, i), qz);
     for (uint32_t i = i0; i < end; ++i) {
@@ -854,8 +868,56 @@ inline void reconstruct_loop(const uint32_t* __restrict w, uint32_t n, float ste
 ACTZIP_MULTIVERSION void reconstruct_f32(const uint32_t* w, uint32_t n, float step, float quarter_step, uint32_t* out) {
   reconstruct_loop<1>(w, n, step, quarter_step, out);
 }
+#if ACTZIP_AVX2_PASSES
+namespace {
+// reconstruct_loop<2> eight at a time: the same binary32 magnitude and sign, rounded to
+// float16 by F16C (to nearest even, as f32_to_f16()). Returns how many it wrote.
+ACTZIP_TARGET_F16C uint32_t reconstruct_f16_f16c(const uint32_t* __restrict w, uint32_t n, float step,
+                                                 float quarter_step, uint16_t* __restrict out) {
+  const __m256 vstep = _mm256_set1_ps(step), vquarter = _mm256_set1_ps(quarter_step);
+  const __m256i one = _mm256_set1_epi32(1), uncoded_value = _mm256_set1_epi32(-1), zero = _mm256_setzero_si256();
+  uint32_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + i));
+    const __m256i m = _mm256_srli_epi32(v, 1);
+    const __m256 mag = _mm256_blendv_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(m), vstep), vquarter,
+                                        _mm256_castsi256_ps(_mm256_cmpeq_epi32(m, zero)));
+    const __m256 r = _mm256_or_ps(mag, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_and_si256(v, one), 31)));
+    const __m128i h = _mm256_cvtps_ph(r, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256i uncoded = _mm256_cmpeq_epi32(v, uncoded_value);
+    const __m128i uncoded16 = _mm_packs_epi32(_mm256_castsi256_si128(uncoded), _mm256_extracti128_si256(uncoded, 1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), _mm_andnot_si128(uncoded16, h));
+  }
+  return i;
+}
+}  // namespace
+#endif
+
+#if ACTZIP_AVX2_PASSES
+namespace {
+ACTZIP_TARGET_F16C uint32_t widen_f16_f16c(const uint16_t* __restrict x, uint32_t n, float* __restrict out) {
+  uint32_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i))));
+  return i;
+}
+}  // namespace
+#endif
+
+void widen_f16(const uint16_t* x, uint32_t n, float* out) {
+  uint32_t i = 0;
+#if ACTZIP_AVX2_PASSES
+  if (f16c_passes) i = widen_f16_f16c(x, n, out);
+#endif
+  for (; i < n; ++i) out[i] = f16_to_f32(x[i]);
+}
+
 ACTZIP_MULTIVERSION void reconstruct_f16(const uint32_t* w, uint32_t n, float step, float quarter_step, uint16_t* out) {
-  reconstruct_loop<2>(w, n, step, quarter_step, out);
+  uint32_t done = 0;
+#if ACTZIP_AVX2_PASSES
+  if (f16c_passes) done = reconstruct_f16_f16c(w, n, step, quarter_step, out);
+#endif
+  reconstruct_loop<2>(w + done, n - done, step, quarter_step, out + done);
 }
 ACTZIP_MULTIVERSION void reconstruct_bf16(const uint32_t* w, uint32_t n, float step, float quarter_step,
                                           uint16_t* out) {
@@ -1349,6 +1411,7 @@ bool avx2_passes_on() {
 void force_portable_passes(bool on) {
 #if ACTZIP_AVX2_PASSES
   avx2_passes = !on && cpu_has_avx2();
+  f16c_passes = !on && cpu_has_f16c();
   bmi2_passes = !on && cpu_has_bmi2();
   pext_passes = !on && cpu_has_fast_pext();
 #else

@@ -193,6 +193,10 @@ bool any_invalid_u(const uint32_t* u, uint32_t n);
 // code c (as code_to_u), kUncodedValue for a +0.0. Writes n elements of the dtype.
 void reconstruct_f32(const uint32_t* w, uint32_t n, float step, float quarter_step, uint32_t* out);
 void reconstruct_f16(const uint32_t* w, uint32_t n, float step, float quarter_step, uint16_t* out);
+
+// out[i] = f16_to_f32(x[i]) (exact; F16C where the CPU has it, which quiets a signalling
+// NaN: for passes that only tell NaN from other values).
+void widen_f16(const uint16_t* x, uint32_t n, float* out);
 void reconstruct_bf16(const uint32_t* w, uint32_t n, float step, float quarter_step, uint16_t* out);
 
 // w of the elements of q values q[0..n) (coded unless the same position of `coded_if` holds

@@ -393,19 +393,19 @@ ACTZIP_TEST(classify_codes_matches_classify_code_with_q_u_and_counts) {
   }
 }
 
-// float32 and bfloat16 classification take a binary32 shortcut for groups of eight whose
+// Classification takes a binary32 shortcut for groups of eight whose
 // quotients |x| / step lie well away from ties and below 4096; the codes must still be
 // those of classify_code(). Values at and a few ulps around the ties m + 1/2, near 4096 and
 // from 2^20 to 2^22 steps (where binary32 quotients round the other way for some steps),
 // in groups mixed with ordinary values, under steps of 1 to 8 significant bits, and steps
-// whose reciprocal is not a normal float (shortcut off). bfloat16 also checks the rounding
-// of the reconstructed magnitude to bfloat16.
+// whose reciprocal is not a normal float (shortcut off); in float32, and rounded to float16
+// and bfloat16, which also checks the rounding of the reconstructed magnitude.
 ACTZIP_TEST(classify_codes_shortcut_agrees_at_ties_and_limits) {
   std::mt19937 rng(21);
   const float steps[] = {0.015625f, 0.01171875f, 0.0107421875f, 3.0f, 1.9921875f, 1e-3f * 0.99609375f,
                          std::ldexp(1.0f, -130), std::ldexp(1.5f, 127)};
   on_both_paths([&](bool portable) {
-    for (int dt : {1, 3}) {
+    for (int dt : {1, 2, 3}) {
       for (float step : steps) {
         const Quantizer qz = make_quantizer(double(step) * 0.6, step);  // a tie is codable either way
         const uint32_t n = 4096 + 5;
@@ -422,15 +422,18 @@ ACTZIP_TEST(classify_codes_shortcut_agrees_at_ties_and_limits) {
           if (rng() % 3 == 0) v = -v;
           if (rng() % 50 == 0) v = 0.0f;
           x[i] = v;
-          h[i] = uint16_t(f32_to_bf16(v) + ulps);  // bfloat16 ulps around the rounded value
+          h[i] = uint16_t((dt == 2 ? f32_to_f16(v) : f32_to_bf16(v)) + ulps);  // its ulps around the rounded value
         }
         std::vector<int32_t> codes(n);
         uint32_t zeros = 0, outliers = 0;
         if (dt == 1) classify_codes_f32(x.data(), n, qz, codes.data(), nullptr, nullptr, &zeros, &outliers);
+        else if (dt == 2) classify_codes_f16(h.data(), n, qz, codes.data(), nullptr, nullptr, &zeros, &outliers);
         else classify_codes_bf16(h.data(), n, qz, codes.data(), nullptr, nullptr, &zeros, &outliers);
         uint32_t wrong = 0, first = n;
         for (uint32_t i = 0; i < n; ++i) {
-          const int32_t c = dt == 1 ? classify_code<1>(x[i], qz) : classify_code<3>(load_elem<3>(h.data(), i), qz);
+          const int32_t c = dt == 1   ? classify_code<1>(x[i], qz)
+                            : dt == 2 ? classify_code<2>(load_elem<2>(h.data(), i), qz)
+                                      : classify_code<3>(load_elem<3>(h.data(), i), qz);
           if (codes[i] != c) {
             ++wrong;
             first = std::min(first, i);
@@ -443,24 +446,31 @@ ACTZIP_TEST(classify_codes_shortcut_agrees_at_ties_and_limits) {
   });
 }
 
-// Every bfloat16 value, classified in one chunk-sized call, under steps of 1 to 8
+// Every float16 and every bfloat16 value, classified in one call, under steps of 1 to 8
 // significant bits and bounds at and just above half a step, where the rounding of the
-// reconstructed magnitude to bfloat16 (ties to even) decides between coded and outlier.
-ACTZIP_TEST(classify_codes_bf16_matches_classify_code_for_every_value) {
+// reconstructed magnitude to the dtype (ties to even) decides between coded and outlier.
+ACTZIP_TEST(classify_codes_16bit_match_classify_code_for_every_value) {
   std::vector<uint16_t> h(65536);
   for (uint32_t i = 0; i < h.size(); ++i) h[i] = uint16_t(i);
   const float steps[] = {1.9921875f, 0.01171875f, 0.0107421875f, 3.0f, 0.0625f};
   std::vector<int32_t> codes(h.size());
   on_both_paths([&](bool portable) {
-    for (float step : steps) {
-      for (double bound : {0.5 * step, 0.5 * step * (1 + 1.0 / 256), 0.5 * step * (1 + 1.0 / 64)}) {
-        const Quantizer qz = make_quantizer(bound, step);
-        uint32_t zeros = 0, outliers = 0, wrong = 0, first = 0;
-        classify_codes_bf16(h.data(), uint32_t(h.size()), qz, codes.data(), nullptr, nullptr, &zeros, &outliers);
-        for (uint32_t i = 0; i < h.size(); ++i)
-          if (codes[i] != classify_code<3>(load_elem<3>(h.data(), i), qz) && wrong++ == 0) first = i;
-        ACTZIP_CHECK(wrong == 0, "portable=%d step=%g bound=%g: %u codes differ, first for 0x%04x", portable,
-                     double(step), bound, wrong, first);
+    for (int dt : {2, 3}) {
+      for (float step : steps) {
+        for (double bound : {0.5 * step, 0.5 * step * (1 + 1.0 / 256), 0.5 * step * (1 + 1.0 / 64)}) {
+          const Quantizer qz = make_quantizer(bound, step);
+          uint32_t zeros = 0, outliers = 0, wrong = 0, first = 0;
+          const uint32_t n = uint32_t(h.size());
+          if (dt == 2) classify_codes_f16(h.data(), n, qz, codes.data(), nullptr, nullptr, &zeros, &outliers);
+          else classify_codes_bf16(h.data(), n, qz, codes.data(), nullptr, nullptr, &zeros, &outliers);
+          for (uint32_t i = 0; i < n; ++i) {
+            const int32_t c = dt == 2 ? classify_code<2>(load_elem<2>(h.data(), i), qz)
+                                      : classify_code<3>(load_elem<3>(h.data(), i), qz);
+            if (codes[i] != c && wrong++ == 0) first = i;
+          }
+          ACTZIP_CHECK(wrong == 0, "portable=%d dtype=%d step=%g bound=%g: %u codes differ, first for 0x%04x",
+                       portable, dt, double(step), bound, wrong, first);
+        }
       }
     }
   });
@@ -469,6 +479,7 @@ ACTZIP_TEST(classify_codes_bf16_matches_classify_code_for_every_value) {
 ACTZIP_TEST(codes_to_u_and_reconstruct_match_element_h) {
   std::mt19937 rng(6);
   const Quantizer qz = make_quantizer(0.01, 0.015625f);
+  on_both_paths([&](bool portable) {
   for (uint32_t n : kSizes) {
     auto codes = random_codes(rng, n, true, 1 << 22);
     std::vector<uint32_t> u(n);
@@ -481,9 +492,26 @@ ACTZIP_TEST(codes_to_u_and_reconstruct_match_element_h) {
     reconstruct_f32(w.data(), n, qz.step, qz.quarter_step, out.data());
     for (uint32_t i = 0; i < n; ++i) {
       const uint32_t expect = is_coded(codes[i]) ? f32_bits(reconstruct(codes[i], qz)) : 0u;
-      ACTZIP_CHECK(out[i] == expect, "n=%u i=%u", n, i);
+      ACTZIP_CHECK(out[i] == expect, "portable=%d n=%u i=%u", portable, n, i);
+    }
+    // The 16-bit dtypes round the binary32 value to nearest even; a step of 8 significant
+    // bits (0.01171875 = 3/256) makes the magnitudes round, codes up to 2^22 overflow
+    // float16 to infinity, and a step of 2^-20 puts small ones among its subnormals.
+    std::vector<uint16_t> half(n);
+    for (const Quantizer& q16 : {make_quantizer(0.006, 0.01171875f), make_quantizer(6e-7, std::ldexp(1.0f, -20))}) {
+      reconstruct_f16(w.data(), n, q16.step, q16.quarter_step, half.data());
+      for (uint32_t i = 0; i < n; ++i) {
+        const uint16_t expect = is_coded(codes[i]) ? f32_to_f16(reconstruct(codes[i], q16)) : 0u;
+        ACTZIP_CHECK(half[i] == expect, "portable=%d float16 n=%u i=%u", portable, n, i);
+      }
+      reconstruct_bf16(w.data(), n, q16.step, q16.quarter_step, half.data());
+      for (uint32_t i = 0; i < n; ++i) {
+        const uint16_t expect = is_coded(codes[i]) ? f32_to_bf16(reconstruct(codes[i], q16)) : 0u;
+        ACTZIP_CHECK(half[i] == expect, "portable=%d bfloat16 n=%u i=%u", portable, n, i);
+      }
     }
   }
+  });
 }
 
 // Values whose symbols follow `freq` (for direct_log2 = k), extra bits uniform.
