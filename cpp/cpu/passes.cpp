@@ -178,12 +178,14 @@ inline uint32_t u_of_code(int32_t c) {
 // classify_code<kDT>() of eight values at a time in binary32 arithmetic, where that
 // gives the very codes of the definition, whose quotient |x| / step is a double: with
 // 1 / step a normal float (relative error 2^-24) and one float product (2^-24 more), the
-// float quotient y' is within |y| 2^-22.9 of the double one y, under 2^-10.9 while y' <
-// 4096. So where y' < 4096 and y' is more than 2^-10 from a half-integer, y' and y round to
+// float quotient y' is within |y| 2^-22.9 of the double one y, under 2^-9.9 while y' <
+// 8192. So where y' < 8192 and y' is more than 2^-9 from a half-integer, y' and y round to
 // the same integer m, and m sets the rest exactly as classify_code() does (the reconstructed
 // magnitude, the error check, the sign), in the same float operations. Groups of eight
-// with any other lane (a quotient near a tie, 4096 or more, NaN or Inf) take
-// classify_code() itself. float16 and bfloat16 widen to binary32 exactly, and the
+// with any other lane (a quotient near a tie, 8192 or more, NaN or Inf) compute the
+// quotient and its rounding in double precision, as classify_code() does, four lanes at a
+// time (and after two such groups in a row, the rest of the call does only that). float16 and bfloat16 widen to binary32
+// exactly, and the
 // magnitude is rounded back as round_to_dtype() does: with F16C's round-to-nearest-even
 // (float16; called only where f16c_passes), or f32_to_bf16()'s integer one. Returns how
 // many elements it classified (a multiple of eight).
@@ -191,19 +193,22 @@ template <int kDT, class T>
 ACTZIP_TARGET_F16C uint32_t classify_avx2(const T* __restrict x, uint32_t n, const Quantizer& qz,
                                           int32_t* __restrict codes) {
   const float inv = float(qz.inv_step);
-  if (!(inv >= 1.17549435e-38f && inv <= 3.40282347e38f)) return 0;  // not a normal float
+  if (!(inv >= 1.17549435e-38f && inv <= 3.40282347e38f)) return 0;  // not a normal float: no shortcut
   const __m256 vinv = _mm256_set1_ps(inv);
+  const __m256d vinv_d = _mm256_set1_pd(qz.inv_step);
+  const __m256d vmaxq = _mm256_set1_pd(double(kMaxQ)), vmaxq_half = _mm256_set1_pd(double(kMaxQ) + 0.5);
+  const __m256d vmagic = _mm256_set1_pd(6755399441055744.0);  // 1.5 * 2^52: rounds to an integer
   const __m256 vstep = _mm256_set1_ps(qz.step);
   const __m256 vquarter = _mm256_set1_ps(qz.quarter_step);
   const __m256 vbound = _mm256_set1_ps(qz.error_bound_down);
-  const __m256 vlimit = _mm256_set1_ps(4096.0f);
-  const __m256 vsafe = _mm256_set1_ps(0.5f - 0.0009765625f);  // 2^-10 from a tie
+  const __m256 vlimit = _mm256_set1_ps(8192.0f);
+  const __m256 vsafe = _mm256_set1_ps(0.5f - 0.001953125f);  // 2^-9 from a tie
   const __m256 vabs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
   const __m256i vone = _mm256_set1_epi32(1);
   const __m256i vnegzero = _mm256_set1_epi32(int32_t(0x80000000u));
   const __m256i voutlier = _mm256_set1_epi32(kOutlierCode);
   const __m256 vzero = _mm256_setzero_ps();
-  uint32_t i = 0;
+  uint32_t i = 0, misses = 0;
   for (; i + 8 <= n; i += 8) {
     __m256i xb;
     if constexpr (kDT == 1) {
@@ -215,17 +220,37 @@ ACTZIP_TARGET_F16C uint32_t classify_avx2(const T* __restrict x, uint32_t n, con
       xb = _mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16);
     }
     const __m256 ax = _mm256_and_ps(_mm256_castsi256_ps(xb), vabs);
-    const __m256 y = _mm256_mul_ps(ax, vinv);
-    const __m256 r = _mm256_round_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m256 dist = _mm256_and_ps(_mm256_sub_ps(y, r), vabs);  // exact: y, r this close
-    const __m256 safe = _mm256_and_ps(_mm256_cmp_ps(y, vlimit, _CMP_LT_OQ), _mm256_cmp_ps(dist, vsafe, _CMP_LT_OQ));
-    if (_mm256_movemask_ps(safe) != 0xFF) {
-      for (uint32_t k = 0; k < 8; ++k) codes[i + k] = classify_code<kDT>(load_elem<kDT>(x, i + k), qz);
-      continue;
+    __m256i m;          // the rounded quotient, as classify_code() has it
+    __m256 in_range;    // its quotient is at most kMaxQ + 1/2
+    bool fast = false;
+    if (misses < 2) {  // after two groups in a row miss it, the rest of the call goes without
+      const __m256 y = _mm256_mul_ps(ax, vinv);
+      const __m256 r = _mm256_round_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __m256 dist = _mm256_and_ps(_mm256_sub_ps(y, r), vabs);  // exact: y, r this close
+      const __m256 safe = _mm256_and_ps(_mm256_cmp_ps(y, vlimit, _CMP_LT_OQ), _mm256_cmp_ps(dist, vsafe, _CMP_LT_OQ));
+      if (_mm256_movemask_ps(safe) == 0xFF) {
+        m = _mm256_cvtps_epi32(r);  // exact: r is an integer below 8192
+        in_range = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+        fast = true;
+        misses = 0;
+      } else {
+        ++misses;
+      }
     }
-    const __m256i m = _mm256_cvtps_epi32(r);  // exact: r is an integer below 4096
-    const __m256 m_is_0 = _mm256_cmp_ps(r, vzero, _CMP_EQ_OQ);
-    __m256 mag = _mm256_blendv_ps(_mm256_mul_ps(r, vstep), vquarter, m_is_0);
+    if (!fast) {
+      // classify_code()'s own double-precision quotient and rounding, four lanes at a time.
+      const __m256d y_lo = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(ax)), vinv_d);
+      const __m256d y_hi = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(ax, 1)), vinv_d);
+      const uint32_t fits = uint32_t(_mm256_movemask_pd(_mm256_cmp_pd(y_lo, vmaxq_half, _CMP_LE_OQ))) |
+                            uint32_t(_mm256_movemask_pd(_mm256_cmp_pd(y_hi, vmaxq_half, _CMP_LE_OQ))) << 4;
+      in_range = _mm256_castsi256_ps(lanes_of_byte(fits));
+      const __m256d ys_lo = _mm256_blendv_pd(vmaxq, y_lo, _mm256_cmp_pd(y_lo, vmaxq, _CMP_LT_OQ));  // NaN: kMaxQ
+      const __m256d ys_hi = _mm256_blendv_pd(vmaxq, y_hi, _mm256_cmp_pd(y_hi, vmaxq, _CMP_LT_OQ));
+      m = _mm256_set_m128i(_mm256_cvttpd_epi32(_mm256_sub_pd(_mm256_add_pd(ys_hi, vmagic), vmagic)),
+                           _mm256_cvttpd_epi32(_mm256_sub_pd(_mm256_add_pd(ys_lo, vmagic), vmagic)));
+    }
+    const __m256 m_is_0 = _mm256_castsi256_ps(_mm256_cmpeq_epi32(m, _mm256_setzero_si256()));
+    __m256 mag = _mm256_blendv_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(m), vstep), vquarter, m_is_0);
     if constexpr (kDT == 2) {
       mag = _mm256_cvtph_ps(_mm256_cvtps_ph(mag, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
     } else if constexpr (kDT == 3) {  // f32_to_bf16() and back: mag is positive and not NaN
@@ -235,7 +260,8 @@ ACTZIP_TARGET_F16C uint32_t classify_avx2(const T* __restrict x, uint32_t n, con
       mag = _mm256_castsi256_ps(_mm256_and_si256(rounded, _mm256_set1_epi32(int32_t(0xFFFF0000u))));
     }
     const __m256 err = _mm256_and_ps(_mm256_sub_ps(ax, mag), vabs);
-    const __m256 ok = _mm256_and_ps(_mm256_cmp_ps(err, vbound, _CMP_LE_OQ), _mm256_cmp_ps(mag, vzero, _CMP_NEQ_OQ));
+    const __m256 ok = _mm256_and_ps(_mm256_and_ps(_mm256_cmp_ps(err, vbound, _CMP_LE_OQ), in_range),
+                                    _mm256_cmp_ps(mag, vzero, _CMP_NEQ_OQ));
     const __m256i coded = _mm256_andnot_si256(_mm256_cmpeq_epi32(xb, vnegzero), _mm256_castps_si256(ok));
     // (m + 1) with x's sign; sign_epi32 gives 0 where x is +0.0, whose code is 0.
     const __m256i c = _mm256_sign_epi32(_mm256_add_epi32(m, vone), xb);

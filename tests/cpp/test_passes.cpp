@@ -394,8 +394,8 @@ ACTZIP_TEST(classify_codes_matches_classify_code_with_q_u_and_counts) {
 }
 
 // Classification takes a binary32 shortcut for groups of eight whose
-// quotients |x| / step lie well away from ties and below 4096; the codes must still be
-// those of classify_code(). Values at and a few ulps around the ties m + 1/2, near 4096 and
+// quotients |x| / step lie well away from ties and below 8192; the codes must still be
+// those of classify_code(). Values at and a few ulps around the ties m + 1/2, near 8192 and
 // from 2^20 to 2^22 steps (where binary32 quotients round the other way for some steps),
 // in groups mixed with ordinary values, under steps of 1 to 8 significant bits, and steps
 // whose reciprocal is not a normal float (shortcut off); in float32, and rounded to float16
@@ -414,7 +414,7 @@ ACTZIP_TEST(classify_codes_shortcut_agrees_at_ties_and_limits) {
         for (uint32_t i = 0; i < n; ++i) {
           const uint32_t pick = rng() % 8;
           const double m = pick < 4   ? double(rng() % 64)
-                           : pick < 6 ? double(4090 + rng() % 12)
+                           : pick < 6 ? double(8186 + rng() % 12)
                                       : double((1u << 20) + rng() % (3u << 20));
           float v = float((m + (pick % 2 ? 0.5 : 0.25)) * double(step));  // a tie, or a quarter
           const int32_t ulps = int32_t(rng() % 7) - 3;
