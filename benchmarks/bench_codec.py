@@ -20,6 +20,10 @@ predictor) and ZFP through ``zfpy`` (fixed-accuracy mode, tolerance = bound); a 
 one is skipped (``pip install actzip[bench]``). They get the tensor with its size-1
 dimensions dropped, since both work on blocks along every dimension.
 
+Last, actzip alone codes every tensor as float32, float16 and bfloat16 (what torch.autocast
+saves) at a relative bound of 1e-2: ratio and MB/s of each dtype's own bytes, on 1 and
+``--threads`` threads, with the bound checked in the dtype.
+
 The tables are markdown; ``--json PATH`` writes every number, per tensor as well.
 Compare ratios between compressors (and with the memcpy ceiling printed first) rather
 than absolute times, which depend on the machine.
@@ -407,6 +411,43 @@ def summarize(results: List[TensorResult]) -> List[Summary]:
     return summaries
 
 
+DTYPE_BOUND = 1e-2  # the relative bound of the by-dtype table (the training schedules' final one)
+
+
+def by_dtype(selected, threads: int, reps: int, problems: List[str]) -> List[Dict[str, object]]:
+    """actzip on the same tensors as float32, float16 and bfloat16 (as torch.autocast saves
+    them), at relative bound DTYPE_BOUND: ratio and MB/s of the dtype's bytes, on 1 and
+    ``threads`` threads. A decoded finite element outside the bound is a problem."""
+    import actzip
+
+    rows = []
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        raw = stream = 0
+        seconds: Dict[int, Tuple[float, float]] = {}
+        for _, _, tensor in selected:
+            x = tensor.to(dtype)
+            raw += x.nbytes
+            for n in sorted({1, threads}):
+                actzip.set_num_threads(n)
+                compressed, compress_s = timed(lambda: actzip.compress(x, DTYPE_BOUND, mode="rel"), reps)
+                decoded, decompress_s = timed(lambda: actzip.decompress(compressed), reps)
+                before = seconds.get(n, (0.0, 0.0))
+                seconds[n] = (before[0] + compress_s, before[1] + decompress_s)
+            stream += compressed.nbytes
+            finite = torch.isfinite(x)
+            error = (decoded.double() - x.double())[finite].abs().max().item() if finite.any() else 0.0
+            if error > compressed.error_bound:
+                problems.append(f"{dtype} rel {DTYPE_BOUND:g}: max error {error:.6g} > bound {compressed.error_bound:.6g}")
+        rows.append({
+            "dtype": str(dtype).replace("torch.", ""),
+            "ratio": raw / stream,
+            "compress_mb_s": {n: raw / 1e6 / c for n, (c, _) in seconds.items()},
+            "decompress_mb_s": {n: raw / 1e6 / d for n, (_, d) in seconds.items()},
+        })
+    actzip.set_num_threads(threads)
+    return rows
+
+
 def markdown_table(header: List[str], rows: List[List[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -633,6 +674,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         f"SZ3 and ZFP on 1 thread. {reps} repetitions, median.\n")
     tables = print_tables(summaries, names, threads)
     log("")
+    dtype_rows: List[Dict[str, object]] = []
+    if actzip_compressors:
+        dtype_rows = by_dtype(selected, threads, reps, problems)
+        counts = sorted({1, threads})
+        dtype_table = markdown_table(
+            ["dtype", "ratio", "compress MB/s " + " / ".join(f"{n}t" for n in counts),
+             "decompress MB/s " + " / ".join(f"{n}t" for n in counts)],
+            [[row["dtype"], fmt(row["ratio"]),
+              " / ".join(f"{row['compress_mb_s'][n]:.0f}" for n in counts),
+              " / ".join(f"{row['decompress_mb_s'][n]:.0f}" for n in counts)] for row in dtype_rows],
+        )
+        log(f"### actzip by dtype (every tensor above, rel {DTYPE_BOUND:g}; MB/s of the dtype's bytes)\n")
+        log(dtype_table + "\n")
+        tables += "\n\n" + dtype_table
     if problems:
         log(f"{len(problems)} CHECK(S) FAILED:")
         for line in problems:
@@ -665,6 +720,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             "notes": [line for line in notes + [busy] if line],
             "other_processes_cpu_fraction": other,
             "summary": [asdict(s) for s in summaries],
+            "by_dtype": dtype_rows,
             "per_tensor": [asdict(r) for r in results],
             "problems": problems,
             "markdown": tables,
