@@ -180,20 +180,19 @@ inline uint32_t u_of_code(int32_t c) {
 // 1 / step a normal float (relative error 2^-24) and one float product (2^-24 more), the
 // float quotient y' is within |y| 2^-22.9 of the double one y, under 2^-9.9 while y' <
 // 8192. So where y' < 8192 and y' is more than 2^-9 from a half-integer, y' and y round to
-// the same integer m, and m sets the rest exactly as classify_code() does (the reconstructed
-// magnitude, the error check, the sign), in the same float operations. Groups of eight
-// with any other lane (a quotient near a tie, 8192 or more, NaN or Inf) compute the
-// quotient and its rounding in double precision, as classify_code() does, four lanes at a
-// time (and after two such groups in a row, the rest of the call does only that). float16 and bfloat16 widen to binary32
-// exactly, and the
-// magnitude is rounded back as round_to_dtype() does: with F16C's round-to-nearest-even
+// the same integer m, and m sets the rest exactly as classify_code() does (the
+// reconstructed magnitude, the error check, the sign), in the same float operations.
+// Groups of eight with any other lane (a quotient near a tie, 8192 or more, NaN or Inf)
+// compute the quotient and its rounding in double precision, as classify_code() does, four
+// lanes at a time; after two such groups in a row (or with 1 / step not a normal float),
+// the rest of the call does only that. float16 and bfloat16 widen to binary32 exactly, and
+// the magnitude is rounded back as round_to_dtype() does: with F16C's round-to-nearest-even
 // (float16; called only where f16c_passes), or f32_to_bf16()'s integer one. Returns how
 // many elements it classified (a multiple of eight).
 template <int kDT, class T>
 ACTZIP_TARGET_F16C uint32_t classify_avx2(const T* __restrict x, uint32_t n, const Quantizer& qz,
                                           int32_t* __restrict codes) {
   const float inv = float(qz.inv_step);
-  if (!(inv >= 1.17549435e-38f && inv <= 3.40282347e38f)) return 0;  // not a normal float: no shortcut
   const __m256 vinv = _mm256_set1_ps(inv);
   const __m256d vinv_d = _mm256_set1_pd(qz.inv_step);
   const __m256d vmaxq = _mm256_set1_pd(double(kMaxQ)), vmaxq_half = _mm256_set1_pd(double(kMaxQ) + 0.5);
@@ -208,7 +207,8 @@ ACTZIP_TARGET_F16C uint32_t classify_avx2(const T* __restrict x, uint32_t n, con
   const __m256i vnegzero = _mm256_set1_epi32(int32_t(0x80000000u));
   const __m256i voutlier = _mm256_set1_epi32(kOutlierCode);
   const __m256 vzero = _mm256_setzero_ps();
-  uint32_t i = 0, misses = 0;
+  uint32_t i = 0;
+  uint32_t misses = inv >= 1.17549435e-38f && inv <= 3.40282347e38f ? 0 : 2;  // a normal float, or no shortcut
   for (; i + 8 <= n; i += 8) {
     __m256i xb;
     if constexpr (kDT == 1) {
@@ -223,7 +223,7 @@ ACTZIP_TARGET_F16C uint32_t classify_avx2(const T* __restrict x, uint32_t n, con
     __m256i m;          // the rounded quotient, as classify_code() has it
     __m256 in_range;    // its quotient is at most kMaxQ + 1/2
     bool fast = false;
-    if (misses < 2) {  // after two groups in a row miss it, the rest of the call goes without
+    if (misses < 2) {
       const __m256 y = _mm256_mul_ps(ax, vinv);
       const __m256 r = _mm256_round_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
       const __m256 dist = _mm256_and_ps(_mm256_sub_ps(y, r), vabs);  // exact: y, r this close
