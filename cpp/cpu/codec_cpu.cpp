@@ -90,20 +90,25 @@ struct ChunkPlan {
   uint8_t kind = kChunkZero;
 };
 
-// Classification is the hot loop of sampling: the main pass's classify_codes_*() (passes.h),
-// with their binary32 shortcut, the counts left unused.
+// classify_codes_*() (passes.h) of a chunk's elements, for its dtype.
+template <int kDT>
+void classify_codes_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const Quantizer& qz, int32_t* codes,
+                          int32_t* q_out, uint32_t* u_out, uint32_t* zeros, uint32_t* outliers) {
+  if constexpr (kDT == 1)
+    classify_codes_f32(reinterpret_cast<const float*>(data) + begin, elems, qz, codes, q_out, u_out, zeros, outliers);
+  else if constexpr (kDT == 2)
+    classify_codes_f16(reinterpret_cast<const uint16_t*>(data) + begin, elems, qz, codes, q_out, u_out, zeros,
+                       outliers);
+  else
+    classify_codes_bf16(reinterpret_cast<const uint16_t*>(data) + begin, elems, qz, codes, q_out, u_out, zeros,
+                        outliers);
+}
+
+// Classification is the hot loop of sampling: the main pass's, the counts left unused.
 template <int kDT>
 void classify_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const Quantizer& qz, int32_t* codes) {
   uint32_t zeros, outliers;
-  if constexpr (kDT == 1)
-    classify_codes_f32(reinterpret_cast<const float*>(data) + begin, elems, qz, codes, nullptr, nullptr, &zeros,
-                       &outliers);
-  else if constexpr (kDT == 2)
-    classify_codes_f16(reinterpret_cast<const uint16_t*>(data) + begin, elems, qz, codes, nullptr, nullptr, &zeros,
-                       &outliers);
-  else
-    classify_codes_bf16(reinterpret_cast<const uint16_t*>(data) + begin, elems, qz, codes, nullptr, nullptr, &zeros,
-                        &outliers);
+  classify_codes_chunk<kDT>(data, begin, elems, qz, codes, nullptr, nullptr, &zeros, &outliers);
 }
 
 // The zeros before a chunk's q grid: the 2-D predictor reads up to kMax2DRow + 1 elements back.
@@ -161,14 +166,7 @@ Status encode_chunk(const uint8_t* data, uint64_t begin, uint32_t elems, const Q
   int32_t* q_out = on_q ? q : nullptr;
   uint32_t* u_out = on_q ? nullptr : u;
   uint32_t zeros = 0, outliers = 0;
-  if constexpr (kDT == 1)
-    classify_codes_f32(reinterpret_cast<const float*>(data) + begin, elems, qz, codes, q_out, u_out, &zeros, &outliers);
-  else if constexpr (kDT == 2)
-    classify_codes_f16(reinterpret_cast<const uint16_t*>(data) + begin, elems, qz, codes, q_out, u_out, &zeros,
-                       &outliers);
-  else
-    classify_codes_bf16(reinterpret_cast<const uint16_t*>(data) + begin, elems, qz, codes, q_out, u_out, &zeros,
-                        &outliers);
+  classify_codes_chunk<kDT>(data, begin, elems, qz, codes, q_out, u_out, &zeros, &outliers);
   uint32_t coded = elems - zeros - outliers;
   const bool has_mask = coded != elems;
   uint64_t sign_len = 0;
