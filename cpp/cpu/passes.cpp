@@ -945,9 +945,41 @@ ACTZIP_MULTIVERSION void reconstruct_f16(const uint32_t* w, uint32_t n, float st
 #endif
   reconstruct_loop<2>(w + done, n - done, step, quarter_step, out + done);
 }
+#if ACTZIP_AVX2_PASSES
+namespace {
+// reconstruct_loop<3> eight at a time: the same binary32 value, rounded to bfloat16 with
+// f32_to_bf16()'s integer round-to-nearest-even (the value is never NaN). Returns how many
+// it wrote.
+ACTZIP_TARGET_AVX2 uint32_t reconstruct_bf16_avx2(const uint32_t* __restrict w, uint32_t n, float step,
+                                                  float quarter_step, uint16_t* __restrict out) {
+  const __m256 vstep = _mm256_set1_ps(step), vquarter = _mm256_set1_ps(quarter_step);
+  const __m256i one = _mm256_set1_epi32(1), uncoded_value = _mm256_set1_epi32(-1), zero = _mm256_setzero_si256();
+  const __m256i half_ulp = _mm256_set1_epi32(0x7FFF);
+  uint32_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + i));
+    const __m256i m = _mm256_srli_epi32(v, 1);
+    const __m256 mag = _mm256_blendv_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(m), vstep), vquarter,
+                                        _mm256_castsi256_ps(_mm256_cmpeq_epi32(m, zero)));
+    const __m256i bits = _mm256_or_si256(_mm256_castps_si256(mag), _mm256_slli_epi32(_mm256_and_si256(v, one), 31));
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), one);
+    __m256i b16 = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(bits, half_ulp), lsb), 16);
+    b16 = _mm256_andnot_si256(_mm256_cmpeq_epi32(v, uncoded_value), b16);
+    const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(b16), _mm256_extracti128_si256(b16, 1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), packed);
+  }
+  return i;
+}
+}  // namespace
+#endif
+
 ACTZIP_MULTIVERSION void reconstruct_bf16(const uint32_t* w, uint32_t n, float step, float quarter_step,
                                           uint16_t* out) {
-  reconstruct_loop<3>(w, n, step, quarter_step, out);
+  uint32_t done = 0;
+#if ACTZIP_AVX2_PASSES
+  if (avx2_passes) done = reconstruct_bf16_avx2(w, n, step, quarter_step, out);
+#endif
+  reconstruct_loop<3>(w + done, n - done, step, quarter_step, out + done);
 }
 
 namespace {
