@@ -175,6 +175,13 @@ inline uint32_t u_of_code(int32_t c) {
 // they are in L1; two loops, because GCC threads the counts' tests into the classifying
 // loop's selects, and that loop then does not vectorize.
 #if ACTZIP_AVX2_PASSES
+// f32_to_bf16()'s round to nearest even of eight binary32 values that are not NaN: the
+// bfloat16 in the upper 16 bits (the lower ones are left over).
+ACTZIP_TARGET_AVX2 inline __m256i round_bf16_up(__m256i bits) {
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+  return _mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7FFF)), lsb);
+}
+
 // classify_code<kDT>() of eight values at a time in binary32 arithmetic, where that
 // gives the very codes of the definition, whose quotient |x| / step is a double: with
 // 1 / step a normal float (relative error 2^-24) and one float product (2^-24 more), the
@@ -254,9 +261,7 @@ ACTZIP_TARGET_F16C uint32_t classify_avx2(const T* __restrict x, uint32_t n, con
     if constexpr (kDT == 2) {
       mag = _mm256_cvtph_ps(_mm256_cvtps_ph(mag, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
     } else if constexpr (kDT == 3) {  // f32_to_bf16() and back: mag is positive and not NaN
-      const __m256i bits = _mm256_castps_si256(mag);
-      const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), vone);
-      const __m256i rounded = _mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7FFF)), lsb);
+      const __m256i rounded = round_bf16_up(_mm256_castps_si256(mag));
       mag = _mm256_castsi256_ps(_mm256_and_si256(rounded, _mm256_set1_epi32(int32_t(0xFFFF0000u))));
     }
     const __m256 err = _mm256_and_ps(_mm256_sub_ps(ax, mag), vabs);
@@ -896,31 +901,40 @@ ACTZIP_MULTIVERSION void reconstruct_f32(const uint32_t* w, uint32_t n, float st
 }
 #if ACTZIP_AVX2_PASSES
 namespace {
-// reconstruct_loop<2> eight at a time: the same binary32 magnitude and sign, rounded to
-// float16 by F16C (to nearest even, as f32_to_f16()). Returns how many it wrote.
-ACTZIP_TARGET_F16C uint32_t reconstruct_f16_f16c(const uint32_t* __restrict w, uint32_t n, float step,
-                                                 float quarter_step, uint16_t* __restrict out) {
+// reconstruct_loop's binary32 values of eight w (meaningless where w is kUncodedValue).
+ACTZIP_TARGET_AVX2 inline __m256 reconstruct8(__m256i v, __m256 step, __m256 quarter_step) {
+  const __m256i m = _mm256_srli_epi32(v, 1);
+  const __m256 mag = _mm256_blendv_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(m), step), quarter_step,
+                                      _mm256_castsi256_ps(_mm256_cmpeq_epi32(m, _mm256_setzero_si256())));
+  return _mm256_or_ps(mag, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_and_si256(v, _mm256_set1_epi32(1)), 31)));
+}
+
+// 16-bit storage of eight binary32 values by reconstruct_loop<kDT> (2: F16C's round to
+// nearest even, as f32_to_f16(); 3: round_bf16_up()), 0 where w is kUncodedValue. Returns
+// how many it wrote.
+template <int kDT>
+ACTZIP_TARGET_F16C uint32_t reconstruct16_avx2(const uint32_t* __restrict w, uint32_t n, float step,
+                                               float quarter_step, uint16_t* __restrict out) {
   const __m256 vstep = _mm256_set1_ps(step), vquarter = _mm256_set1_ps(quarter_step);
-  const __m256i one = _mm256_set1_epi32(1), uncoded_value = _mm256_set1_epi32(-1), zero = _mm256_setzero_si256();
+  const __m256i uncoded_value = _mm256_set1_epi32(-1);
   uint32_t i = 0;
   for (; i + 8 <= n; i += 8) {
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + i));
-    const __m256i m = _mm256_srli_epi32(v, 1);
-    const __m256 mag = _mm256_blendv_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(m), vstep), vquarter,
-                                        _mm256_castsi256_ps(_mm256_cmpeq_epi32(m, zero)));
-    const __m256 r = _mm256_or_ps(mag, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_and_si256(v, one), 31)));
-    const __m128i h = _mm256_cvtps_ph(r, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256 r = reconstruct8(v, vstep, vquarter);
     const __m256i uncoded = _mm256_cmpeq_epi32(v, uncoded_value);
     const __m128i uncoded16 = _mm_packs_epi32(_mm256_castsi256_si128(uncoded), _mm256_extracti128_si256(uncoded, 1));
+    __m128i h;
+    if constexpr (kDT == 2) {
+      h = _mm256_cvtps_ph(r, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    } else {
+      const __m256i b16 = _mm256_srli_epi32(round_bf16_up(_mm256_castps_si256(r)), 16);
+      h = _mm_packus_epi32(_mm256_castsi256_si128(b16), _mm256_extracti128_si256(b16, 1));
+    }
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), _mm_andnot_si128(uncoded16, h));
   }
   return i;
 }
-}  // namespace
-#endif
 
-#if ACTZIP_AVX2_PASSES
-namespace {
 ACTZIP_TARGET_F16C uint32_t widen_f16_f16c(const uint16_t* __restrict x, uint32_t n, float* __restrict out) {
   uint32_t i = 0;
   for (; i + 8 <= n; i += 8)
@@ -941,43 +955,15 @@ void widen_f16(const uint16_t* x, uint32_t n, float* out) {
 ACTZIP_MULTIVERSION void reconstruct_f16(const uint32_t* w, uint32_t n, float step, float quarter_step, uint16_t* out) {
   uint32_t done = 0;
 #if ACTZIP_AVX2_PASSES
-  if (f16c_passes) done = reconstruct_f16_f16c(w, n, step, quarter_step, out);
+  if (f16c_passes) done = reconstruct16_avx2<2>(w, n, step, quarter_step, out);
 #endif
   reconstruct_loop<2>(w + done, n - done, step, quarter_step, out + done);
 }
-#if ACTZIP_AVX2_PASSES
-namespace {
-// reconstruct_loop<3> eight at a time: the same binary32 value, rounded to bfloat16 with
-// f32_to_bf16()'s integer round-to-nearest-even (the value is never NaN). Returns how many
-// it wrote.
-ACTZIP_TARGET_AVX2 uint32_t reconstruct_bf16_avx2(const uint32_t* __restrict w, uint32_t n, float step,
-                                                  float quarter_step, uint16_t* __restrict out) {
-  const __m256 vstep = _mm256_set1_ps(step), vquarter = _mm256_set1_ps(quarter_step);
-  const __m256i one = _mm256_set1_epi32(1), uncoded_value = _mm256_set1_epi32(-1), zero = _mm256_setzero_si256();
-  const __m256i half_ulp = _mm256_set1_epi32(0x7FFF);
-  uint32_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + i));
-    const __m256i m = _mm256_srli_epi32(v, 1);
-    const __m256 mag = _mm256_blendv_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(m), vstep), vquarter,
-                                        _mm256_castsi256_ps(_mm256_cmpeq_epi32(m, zero)));
-    const __m256i bits = _mm256_or_si256(_mm256_castps_si256(mag), _mm256_slli_epi32(_mm256_and_si256(v, one), 31));
-    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), one);
-    __m256i b16 = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(bits, half_ulp), lsb), 16);
-    b16 = _mm256_andnot_si256(_mm256_cmpeq_epi32(v, uncoded_value), b16);
-    const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(b16), _mm256_extracti128_si256(b16, 1));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), packed);
-  }
-  return i;
-}
-}  // namespace
-#endif
-
 ACTZIP_MULTIVERSION void reconstruct_bf16(const uint32_t* w, uint32_t n, float step, float quarter_step,
                                           uint16_t* out) {
   uint32_t done = 0;
 #if ACTZIP_AVX2_PASSES
-  if (avx2_passes) done = reconstruct_bf16_avx2(w, n, step, quarter_step, out);
+  if (f16c_passes) done = reconstruct16_avx2<3>(w, n, step, quarter_step, out);
 #endif
   reconstruct_loop<3>(w + done, n - done, step, quarter_step, out + done);
 }
