@@ -12,7 +12,11 @@ Methods: ``baseline`` (plain PyTorch); actzip with the ``constant``, ``gradual``
 ``adaptive`` and ``budget`` schedules (``--bound``, default 1e-2, relative; the budget is
 the baseline's peak divided by ``--budget-factor``, default 12); ``checkpoint``
 (``torch.utils.checkpoint`` around each residual stage / transformer block) and
-``save_on_cpu`` (``torch.autograd.graph.save_on_cpu``). On request only,
+``save_on_cpu`` (``torch.autograd.graph.save_on_cpu``); and ``copy``, a reference rather
+than a way to save memory: saved-tensor hooks that copy each tensor actzip would code in
+forward and hand the copy back in backward. That reads and writes every coded byte once,
+the memory traffic of a compressor that reads the activations in forward and writes them
+back in backward, with no coding at all. On request only,
 ``gradual_own_threads``: the gradual schedule with the codec on actzip's own threads
 rather than torch's OpenMP workers (see cpp/cpu/thread_pool.h); and
 ``gradual_sample_always``: the gradual schedule sampling every tensor at every step, where
@@ -26,7 +30,7 @@ weighs on all of them alike. Columns:
 - metric: test accuracy (cnn) or held-out loss (lm) after the last step;
 - peak saved: the most bytes held for backward at once during a step, counted by actzip's
   accounting (distinct saved tensors, parameters excluded; see actzip.training). actzip:
-  its last step. baseline and checkpoint: their first step, measured with nothing
+  its last step. baseline, checkpoint and copy: their first step, measured with nothing
   compressed (for checkpoint, the stage inputs it keeps plus the tensors one stage saves
   while it is recomputed). save_on_cpu: bytes it holds in host memory; on a CPU run that is
   the same memory as the device's, so it saves nothing there;
@@ -47,10 +51,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
 import math
 import sys
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -74,10 +80,12 @@ from actzip.examples import (  # noqa: E402
 from actzip.training import ActivationCompressor, compressed_activations  # noqa: E402
 
 METHODS = (
-    "baseline", "constant", "gradual", "adaptive", "budget", "checkpoint", "save_on_cpu", "gradual_own_threads",
-    "gradual_sample_always",
+    "baseline", "constant", "gradual", "adaptive", "budget", "checkpoint", "save_on_cpu", "copy",
+    "gradual_own_threads", "gradual_sample_always",
 )
 DEFAULT_METHODS = METHODS[:-2]
+# What compressed_activations() leaves uncompressed by default; the copy method follows it.
+ACTZIP_MIN_BYTES = inspect.signature(compressed_activations).parameters["min_bytes"].default
 ACTZIP_METHODS = ("constant", "gradual", "adaptive", "budget", "gradual_own_threads", "gradual_sample_always")
 
 
@@ -101,6 +109,37 @@ class MeasuredSaveOnCpu(torch.autograd.graph.saved_tensors_hooks):
             return inner.unpack_hook((device, meter._unpack(holder)))
 
         super().__init__(pack, unpack)
+
+
+class CopySaved(torch.autograd.graph.saved_tensors_hooks):
+    """The ``copy`` method: each tensor actzip would code (floating, at least ``min_bytes``,
+    strided, not one of the model's parameters or buffers) is copied in forward, each
+    storage view once, and the copy is what backward gets. One of these serves one step."""
+
+    def __init__(self, model: nn.Module, min_bytes: int) -> None:
+        own = {t.data_ptr() for t in (*model.parameters(), *model.buffers())}
+        copies: Dict[Any, Any] = {}  # key -> (the storage, weakly; its copy)
+
+        def pack(tensor: torch.Tensor) -> torch.Tensor:
+            if (
+                not tensor.is_floating_point()
+                or tensor.layout is not torch.strided
+                or tensor.numel() * tensor.element_size() < min_bytes
+                or tensor.data_ptr() in own
+            ):
+                return tensor
+            storage = tensor.untyped_storage()
+            key = (
+                storage.data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride(), tensor.dtype,
+                tensor._version,
+            )
+            entry = copies.get(key)
+            # The same address may hold a new storage after the first was freed.
+            if entry is None or entry[0]() is not storage:
+                entry = copies[key] = (weakref.ref(storage), tensor.clone())
+            return entry[1]
+
+        super().__init__(pack, lambda copy: copy)
 
 
 def checkpointed_forward(task: str) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
@@ -230,8 +269,10 @@ class Run:
         x, y = x.to(self.device), y.to(self.device)
         if self.method == "save_on_cpu":
             hooks: Any = MeasuredSaveOnCpu(self.meter, pin_memory=self.device.type == "cuda")
-        elif self.method in ("baseline", "checkpoint") and step == 0:
+        elif self.method in ("baseline", "checkpoint", "copy") and step == 0:
             hooks = compressed_activations(self.model, schedule=None)
+        elif self.method == "copy":
+            hooks = CopySaved(self.model, min_bytes=ACTZIP_MIN_BYTES)
         else:
             hooks = contextlib.nullcontext()
         # Entering the compressor (module hooks) is outside the timed part: a real run
@@ -418,7 +459,7 @@ def table(results: List[Dict[str, Any]], metric_name: str, higher_is_better: boo
             peak += " (host)"
         rows.append(
             [
-                r["method"] if r["method"] in ("baseline", "checkpoint", "save_on_cpu") else f"actzip {r['method']}",
+                r["method"] if r["method"] not in ACTZIP_METHODS else f"actzip {r['method']}",
                 f"{r['metric']:.2f}" if higher_is_better else f"{r['metric']:.4f}",
                 "" if r is baseline else difference,
                 peak,
