@@ -134,7 +134,7 @@ Status parse_header(const uint8_t* s, uint64_t size, Header* h) {
     pos += 8;
     h->shape[d] = extent;
     if (extent >= kMaxElements || (extent != 0 && h->numel > (kMaxElements - 1) / extent))
-      return format_error("shape has %s elements, more than 2^48", "too many");
+      return format_error("shape has 2^45 elements or more");
     h->numel *= extent;
   }
   const int books = version >= kFirstZeroMapVersion ? 3 : 2;  // mask, code, zero map

@@ -428,7 +428,7 @@ Status plan_compress(const void* data, DType dtype, const std::vector<uint64_t>&
   uint64_t numel = 1;
   for (uint64_t d : shape) {
     if (d >= kMaxElements || (d != 0 && numel > (kMaxElements - 1) / d))
-      return invalid("tensor has more than 2^48 elements");
+      return invalid("tensor has 2^45 elements or more");
     numel *= d;
   }
   if (numel != 0 && data == nullptr) return invalid("data is null");

@@ -33,7 +33,7 @@ Status check_tensor(const TensorRef& x, uint64_t* numel, bool need_data = true) 
   if (x.shape.size() > size_t(kMaxDims)) return invalid("tensors of more than 8 dimensions are not supported");
   uint64_t n = 1;
   for (uint64_t d : x.shape) {
-    if (d >= kMaxElements || (d != 0 && n > (kMaxElements - 1) / d)) return invalid("tensor has more than 2^48 elements");
+    if (d >= kMaxElements || (d != 0 && n > (kMaxElements - 1) / d)) return invalid("tensor has 2^45 elements or more");
     n *= d;
   }
   if (need_data && n != 0 && x.data == nullptr) return invalid("data is null");

@@ -48,7 +48,9 @@ struct Status {
 inline constexpr uint16_t kFormatVersion = 2;  // streams of version 1 are read too
 inline constexpr uint32_t kChunkElems = 16384;  // fixed by the format (versions 1 and 2)
 inline constexpr int kMaxDims = 8;
-inline constexpr uint64_t kMaxElements = uint64_t(1) << 48;
+// Element counts stay below this, so that a tensor's chunk count (2^31 at most) fits the
+// format's and the backends' 32-bit chunk indices.
+inline constexpr uint64_t kMaxElements = uint64_t(1) << 45;
 
 // Size in bytes of one element of `dtype` (0 for a value outside the enum).
 size_t element_size(DType dtype);

@@ -335,6 +335,32 @@ ACTZIP_TEST(changed_fixed_fields_are_format_errors_even_with_a_fixed_header_crc)
   }
 }
 
+// The element count must stay below 2^45 (section 1), where the chunk count fits 32 bits. An
+// extent grown by a multiple of 2^46 elements (2^32 chunks) would leave a 32-bit chunk count
+// unchanged: the header would then describe far more elements than its chunk table covers,
+// and a decoder would hand back a buffer it never wrote.
+ACTZIP_TEST(element_counts_at_or_past_the_limit_are_format_errors) {
+  for (const Sample& s : corpus()) {
+    const uint8_t ndim = s.stream[13];
+    if (ndim == 0) continue;
+    const uint64_t first = get_u64_le(s.stream.data() + 40);
+    for (uint64_t extent : {first + (uint64_t(1) << 46), first + (uint64_t(1) << 47), first + 3 * (uint64_t(1) << 46),
+                            uint64_t(1) << 45, (uint64_t(1) << 48) - 1}) {
+      std::vector<uint8_t> bad = s.stream;
+      put_u64_le(bad.data() + 40, extent);
+      fix_header_crc(&bad);
+      const Outcome o = try_all(bad);
+      ACTZIP_CHECK(o.info == StatusCode::kFormatError && o.valid == StatusCode::kFormatError,
+                   "%s: first extent %llu (was %llu) gave %d/%d", s.name.c_str(), (unsigned long long)extent,
+                   (unsigned long long)first, int(o.info), int(o.valid));
+      std::vector<uint8_t> out(64);
+      ACTZIP_CHECK(actzip::decompress(bad.data(), bad.size(), out.data(), out.size(), 1).code ==
+                       StatusCode::kFormatError,
+                   "%s: first extent %llu decoded", s.name.c_str(), (unsigned long long)extent);
+    }
+  }
+}
+
 // quant_step must be quant_step_for(error_bound) bit for bit (section 1): a header that pairs
 // a bound with its step (from the reference of section 3) is read, and every other step,
 // near (one ulp either way) or far (the old power-of-two step, zero, NaN, Inf, negative), is

@@ -268,6 +268,9 @@ ACTZIP_TEST(pipeline_stages_refuse_bad_arguments) {
   ACTZIP_CHECK(!pl::sample(exec, null_ref, resolved, pred, hist).ok(), "null data accepted");
   pl::TensorRef bad_dtype{x, actzip::DType(9), {4}};
   ACTZIP_CHECK(!pl::sample(exec, bad_dtype, resolved, pred, hist).ok(), "unknown dtype accepted");
+  pl::TensorRef too_many{x, actzip::DType::kFloat32, {uint64_t(1) << 15, uint64_t(1) << 30}};
+  ACTZIP_CHECK(pl::sample(exec, too_many, resolved, pred, hist).code == actzip::StatusCode::kInvalidArgument,
+               "2^45 elements accepted");
   exec.num_threads = 0;
   ACTZIP_CHECK(!pl::sample(exec, ok_ref, resolved, pred, hist).ok(), "zero threads accepted");
   pl::Exec dev;

@@ -387,6 +387,8 @@ ACTZIP_TEST(bad_arguments_are_refused) {
   ACTZIP_CHECK(plan_with(1e-3, 0, {10}, d, 0, 1) == inv, "0 threads accepted");
   ACTZIP_CHECK(plan_with(1e-3, 1, std::vector<uint64_t>(9, 1), d, 0, 1) == inv, "9 dimensions accepted");
   ACTZIP_CHECK(plan_with(1e-3, 1, {uint64_t(1) << 24, uint64_t(1) << 24}, d, 0, 1) == inv, "2^48 elements accepted");
+  ACTZIP_CHECK(plan_with(1e-3, 1, {uint64_t(1) << 45}, d, 0, 1) == inv, "2^45 elements accepted");
+  ACTZIP_CHECK(plan_with(1e-3, 1, {uint64_t(1) << 15, uint64_t(1) << 30}, d, 0, 1) == inv, "2^45 elements accepted");
   ACTZIP_CHECK(plan_with(1e-3, 1, {10}, nullptr, 0, 1) == inv, "null data accepted");
   ACTZIP_CHECK(plan_with(1e-3, 1, {10}, d, 2, 1) == inv, "bound mode 2 accepted");
   ACTZIP_CHECK(plan_with(1e-3, 1, {10}, d, 0, 0) == inv, "dtype 0 accepted");

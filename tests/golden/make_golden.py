@@ -284,7 +284,7 @@ def must_fail(streams: dict) -> dict:
     edit("bad_quant_step", good, "quant_step must equal quant_step_for(error_bound), bit for bit",
          lambda s: struct.pack_into("<I", s, 32, struct.unpack_from("<I", s, 32)[0] + 1))
     edit("bad_chunk_elems", good, "chunk_elems must be 16384", lambda s: struct.pack_into("<I", s, 36, 8192))
-    edit("bad_shape_too_large", good, "the element count must be below 2^48", lambda s: struct.pack_into("<Q", s, 40, 2**40))
+    edit("bad_shape_too_large", good, "the element count must be below 2^45", lambda s: struct.pack_into("<Q", s, 40, 2**40))
 
     def kraft(s):  # every code length 1: Kraft sum far above 1
         pos = code_lengths_offset(s)

@@ -407,8 +407,8 @@ def parse_header(buf: bytes) -> Header:
     shape = tuple(_u64(buf, pos + 8 * i) for i in range(ndim))
     pos += 8 * ndim
     numel = math.prod(shape)
-    if numel >= 2**48:
-        raise FormatError("2^48 elements or more")
+    if numel >= 2**45:
+        raise FormatError("2^45 elements or more")
     mask_lengths, pos = _read_book(buf, pos, "mask", 256)
     code_lengths, pos = _read_book(buf, pos, "code", (1 << k) + 25 - k)
     zmap_lengths = []

@@ -2,6 +2,8 @@
 the argument."""
 
 import math
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -144,3 +146,15 @@ def test_from_bytes_accepts_bytes_bytearray_and_memoryview():
     stream = actzip.compress(X, 1e-3).to_bytes()
     for b in (stream, bytearray(stream), memoryview(stream)):
         assert actzip.CompressedTensor.from_bytes(b).to_bytes() == stream
+
+
+def test_a_header_describing_more_elements_than_its_chunks_raises_format_error():
+    # 2^47 more elements than the 2 chunks the stream holds: a 32-bit chunk count would wrap
+    # back to 2, and decompress would allocate 562 TB, or return memory it never wrote.
+    stream = bytearray(actzip.compress(torch.zeros(17000), 1e-3).to_bytes())
+    assert struct.unpack_from("<Q", stream, 40)[0] == 17000
+    struct.pack_into("<Q", stream, 40, 17000 + 2**47)
+    header_bytes = struct.unpack_from("<I", stream, 8)[0]
+    struct.pack_into("<I", stream, header_bytes - 8, zlib.crc32(bytes(stream[: header_bytes - 8])))
+    with pytest.raises(actzip.FormatError, match="2\\^45"):
+        actzip.CompressedTensor.from_bytes(bytes(stream))
