@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import List, Optional
 
 import numpy as np
 import pytest
@@ -137,31 +138,42 @@ def _seed_streams(folder: Path) -> None:
         (folder / f"seed_{i}.azip").write_bytes(ct.to_bytes())
 
 
-def test_mutated_and_truncated_streams_never_crash_the_decoder(tmp_path):
-    threads = 3
-    _seed_streams(tmp_path)
+def run_campaign(folder: Path, seed: int, mutations: int, threads: int = 3, timeout: float = 120) -> Optional[str]:
+    """Decodes the seed streams' truncations, `mutations` mutations drawn with `seed`, and
+    garbage, in a child process. Returns None when every stream decoded or raised
+    FormatError/ValueError, else what went wrong, with the stream saved as last.azip."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PYTHON_DIR), os.environ.get("PYTHONPATH", "")]))
+
     def child(dump: int):
         return subprocess.run(
-            [sys.executable, "-c", WORKER, str(tmp_path), "1234", "4000", str(threads), str(dump)],
+            [sys.executable, "-c", WORKER, str(folder), str(seed), str(mutations), str(threads), str(dump)],
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=timeout,
             env=env,
         )
 
     proc = child(-1)
-    if proc.returncode != 0:
-        lines = proc.stderr.splitlines()
-        numbers = [int(line) for line in lines if line.isdigit()]
-        if numbers:
-            child(numbers[-1])  # writes the stream it was decoding to last.azip
-        how = f"crashed with signal {-proc.returncode}" if proc.returncode < 0 else "failed"
-        pytest.fail(
-            f"the decoder {how} on stream {numbers[-1] if numbers else '?'}, saved as {tmp_path / 'last.azip'}\n"
-            f"stdout: {proc.stdout[-2000:]}\nstderr: {chr(10).join(l for l in lines if not l.isdigit())[-4000:]}"
-        )
-    assert "FormatError" in proc.stdout
+    if proc.returncode == 0 and "FormatError" in proc.stdout:
+        return None
+    lines = proc.stderr.splitlines()
+    numbers = [int(line) for line in lines if line.isdigit()]
+    where = "before its first stream"
+    if numbers:
+        child(numbers[-1])  # writes the stream it was decoding to last.azip
+        where = f"on stream {numbers[-1]}, saved as {folder / 'last.azip'}"
+    how = f"crashed with signal {-proc.returncode}" if proc.returncode < 0 else f"failed ({proc.returncode})"
+    return (
+        f"seed {seed}: the decoder {how} {where}\n"
+        f"stdout: {proc.stdout[-2000:]}\nstderr: {chr(10).join(l for l in lines if not l.isdigit())[-4000:]}"
+    )
+
+
+def test_mutated_and_truncated_streams_never_crash_the_decoder(tmp_path):
+    _seed_streams(tmp_path)
+    failure = run_campaign(tmp_path, seed=1234, mutations=4000)
+    if failure is not None:
+        pytest.fail(failure)
 
 
 @pytest.mark.parametrize(
@@ -190,3 +202,28 @@ def test_decoding_every_truncation_of_a_stream_raises_format_error():
     for n in range(len(stream)):
         with pytest.raises(actzip.FormatError):
             actzip.CompressedTensor.from_bytes(stream[:n])
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """A longer campaign than the test's, from the command line (see tools/fuzz.sh)."""
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=run_campaign.__doc__.split(".")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--mutations", type=int, default=20000, help="mutated streams a seed (default 20000)")
+    parser.add_argument("--keep", default=None, help="folder for the seed streams and a failing stream")
+    args = parser.parse_args(argv)
+    folder = Path(args.keep or tempfile.mkdtemp(prefix="actzip-fuzz-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    _seed_streams(folder)
+    failures = 0
+    for seed in args.seeds:
+        failure = run_campaign(folder, seed, args.mutations, timeout=max(120.0, args.mutations / 100))
+        print(f"seed {seed}: {'ok' if failure is None else failure}", flush=True)
+        failures += failure is not None
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
