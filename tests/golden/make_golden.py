@@ -285,6 +285,9 @@ def must_fail(streams: dict) -> dict:
          lambda s: struct.pack_into("<I", s, 32, struct.unpack_from("<I", s, 32)[0] + 1))
     edit("bad_chunk_elems", good, "chunk_elems must be 16384", lambda s: struct.pack_into("<I", s, 36, 8192))
     edit("bad_shape_too_large", good, "the element count must be below 2^45", lambda s: struct.pack_into("<Q", s, 40, 2**40))
+    # 2^46 more elements: 2^32 more chunks, which a 32-bit chunk count would not see.
+    edit("bad_shape_chunk_count_wraps", good, "the element count must be below 2^45",
+         lambda s: struct.pack_into("<Q", s, 40, struct.unpack_from("<Q", s, 40)[0] + 2**46))
 
     def kraft(s):  # every code length 1: Kraft sum far above 1
         pos = code_lengths_offset(s)
