@@ -129,12 +129,8 @@ class CopySaved(torch.autograd.graph.saved_tensors_hooks):
             ):
                 return tensor
             storage = tensor.untyped_storage()
-            key = (
-                storage.data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride(), tensor.dtype,
-                tensor._version,
-            )
+            key = training._view_key(tensor, storage)  # actzip's own, so both share the same saves
             entry = copies.get(key)
-            # The same address may hold a new storage after the first was freed.
             if entry is None or entry[0]() is not storage:
                 entry = copies[key] = (weakref.ref(storage), tensor.clone())
             return entry[1]

@@ -25,6 +25,18 @@ Status format_error(const char* fmt, ...) {
 
 float quant_step_for(double error_bound) { return quant_step_hd(error_bound); }
 
+bool count_elements(const uint64_t* extents, size_t ndim, uint64_t* numel) {
+  uint64_t n = 1;
+  for (size_t d = 0; d < ndim; ++d) {
+    const uint64_t extent = extents[d];
+    if (extent >= kMaxElements || (extent != 0 && n > (kMaxElements - 1) / extent)) return false;
+    n *= extent;
+  }
+  *numel = n;
+  return true;
+}
+
+static_assert((kMaxElements - 1) / kChunkElems + 1 <= UINT32_MAX, "chunk counts must fit 32 bits");
 uint32_t chunk_count(uint64_t numel) { return uint32_t((numel + kChunkElems - 1) / kChunkElems); }
 
 uint32_t chunk_elem_count(uint64_t numel, uint32_t chunk) {
@@ -128,15 +140,8 @@ Status parse_header(const uint8_t* s, uint64_t size, Header* h) {
   auto need = [&](uint64_t bytes) { return bytes <= h->header_bytes && pos <= h->header_bytes - bytes; };
   if (!need(8 * uint64_t(ndim))) return format_error("header too short for %u extents", ndim);
   h->shape.assign(ndim, 0);
-  h->numel = 1;
-  for (int d = 0; d < ndim; ++d) {
-    const uint64_t extent = get_u64(s + pos);
-    pos += 8;
-    h->shape[d] = extent;
-    if (extent >= kMaxElements || (extent != 0 && h->numel > (kMaxElements - 1) / extent))
-      return format_error("shape has 2^45 elements or more");
-    h->numel *= extent;
-  }
+  for (int d = 0; d < ndim; ++d, pos += 8) h->shape[d] = get_u64(s + pos);
+  if (!count_elements(h->shape.data(), ndim, &h->numel)) return format_error("shape has 2^45 elements or more");
   const int books = version >= kFirstZeroMapVersion ? 3 : 2;  // mask, code, zero map
   h->zmap_lengths.clear();
   for (int book = 0; book < books; ++book) {

@@ -59,6 +59,10 @@ struct ChunkHeader {
 // does not exceed 2 * error_bound (2^-149 when 2 * error_bound is smaller still).
 float quant_step_for(double error_bound);
 
+// The product of `ndim` extents in *numel; false (*numel unset) when it is kMaxElements or
+// more. Every shape the codec takes or reads passes through here.
+bool count_elements(const uint64_t* extents, size_t ndim, uint64_t* numel);
+
 uint32_t chunk_count(uint64_t numel);
 uint32_t chunk_elem_count(uint64_t numel, uint32_t chunk);
 

@@ -425,12 +425,8 @@ Status plan_compress(const void* data, DType dtype, const std::vector<uint64_t>&
                      std::unique_ptr<CompressPlan>* out_plan) {
   if (element_size(dtype) == 0) return invalid("dtype must be float32, float16 or bfloat16");
   if (shape.size() > size_t(kMaxDims)) return invalid("tensors of more than 8 dimensions are not supported");
-  uint64_t numel = 1;
-  for (uint64_t d : shape) {
-    if (d >= kMaxElements || (d != 0 && numel > (kMaxElements - 1) / d))
-      return invalid("tensor has 2^45 elements or more");
-    numel *= d;
-  }
+  uint64_t numel = 0;
+  if (!count_elements(shape.data(), shape.size(), &numel)) return invalid("tensor has 2^45 elements or more");
   if (numel != 0 && data == nullptr) return invalid("data is null");
   if (!(std::isfinite(opt.error_bound) && opt.error_bound > 0))
     return invalid("error_bound must be a positive finite number");

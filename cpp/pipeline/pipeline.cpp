@@ -31,11 +31,8 @@ Status invalid(std::string message) { return Status{StatusCode::kInvalidArgument
 Status check_tensor(const TensorRef& x, uint64_t* numel, bool need_data = true) {
   if (element_size(x.dtype) == 0) return invalid("dtype must be float32, float16 or bfloat16");
   if (x.shape.size() > size_t(kMaxDims)) return invalid("tensors of more than 8 dimensions are not supported");
-  uint64_t n = 1;
-  for (uint64_t d : x.shape) {
-    if (d >= kMaxElements || (d != 0 && n > (kMaxElements - 1) / d)) return invalid("tensor has 2^45 elements or more");
-    n *= d;
-  }
+  uint64_t n = 0;
+  if (!count_elements(x.shape.data(), x.shape.size(), &n)) return invalid("tensor has 2^45 elements or more");
   if (need_data && n != 0 && x.data == nullptr) return invalid("data is null");
   *numel = n;
   return Status::Ok();

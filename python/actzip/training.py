@@ -235,6 +235,12 @@ class _LayerStep:
         self.value_range: Optional[float] = None
 
 
+def _view_key(t: torch.Tensor, storage: torch.UntypedStorage) -> tuple:
+    """What tells saves of one view of one storage apart within a step. A freed storage's
+    address can come back for another: callers also keep the storage (weakly) and compare."""
+    return (t.device, storage.data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype, t._version)
+
+
 def _codec_view(t: torch.Tensor) -> Tuple[torch.Tensor, Optional[tuple]]:
     """A contiguous tensor holding ``t``'s values, with as little copying as possible, and
     how to turn the decoded tensor back into ``t``'s layout.
@@ -593,15 +599,7 @@ class ActivationCompressor:
             want = _BITS if dtype is torch.bool else _KEPT
 
         storage = t.untyped_storage()
-        key = (
-            t.device,
-            storage.data_ptr(),
-            t.storage_offset(),
-            tuple(t.shape),
-            tuple(t.stride()),
-            dtype,
-            t._version,
-        )
+        key = _view_key(t, storage)
         entry = self._cache.get(key)
         if entry is not None and entry.storage_ref() is storage:
             return self._share(entry, t, want, bound)

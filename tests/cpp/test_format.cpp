@@ -467,8 +467,6 @@ ACTZIP_TEST(every_payload_bit_flip_fails_the_payload_checksum) {
   }
 }
 
-// Without a payload checksum the decoder meets the damage itself: chunk headers, Huffman
-// sections, outlier lists. It must report a format error or decode, never crash.
 // A non-negative integer from the environment, or `fallback` where the variable is unset;
 // false (and a message) for anything else.
 bool env_count(const char* name, uint64_t fallback, uint64_t* value) {
@@ -486,6 +484,8 @@ bool env_count(const char* name, uint64_t fallback, uint64_t* value) {
   return true;
 }
 
+// Without a payload checksum the decoder meets the damage itself: chunk headers, Huffman
+// sections, outlier lists. It must report a format error or decode, never crash.
 // ACTZIP_FUZZ_SEED and ACTZIP_FUZZ_TRIALS (default 99 and 3000 a stream) run a longer or
 // different random campaign, best in the sanitizer build:
 //   ACTZIP_FUZZ_SEED=7 ACTZIP_FUZZ_TRIALS=100000 ctest --test-dir build/asan -R format
